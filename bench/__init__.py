@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Benchmarks, one script per capability; results in bench/results/."""

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Per-chunk arithmetic (statistics, ReAlign transform, baselines): Triton kernels with torch references."""

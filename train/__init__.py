@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Training side: memory-mapped feature view, dataset and loader."""

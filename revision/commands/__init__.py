@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Subcommands of the revision CLI, one module each."""
