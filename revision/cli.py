@@ -9,7 +9,18 @@ import sys
 from revision.errors import UserError
 
 # Order is the order shown in `revision --help`.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = (
+    "demo",
+    "embed",
+    "ingest",
+    "info",
+    "fit",
+    "apply",
+    "align",
+    "align_pkl",
+    "diagnose",
+    "export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"revision.commands.{name}").register(sub)
+        try:
+            module = importlib.import_module(f"revision.commands.{name}")
+        except ModuleNotFoundError as exc:
+            # TEMPORARY while the team builds the commands in parallel; removed before release.
+            if exc.name == f"revision.commands.{name}":
+                continue
+            raise
+        module.register(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""ReAlign and baseline methods: out-of-core passes over feature stores."""

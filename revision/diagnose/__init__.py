@@ -1,0 +1,1 @@
+"""Nearest-neighbour and statistical diagnostics of the modality gap, and the HTML report."""

@@ -1,0 +1,1 @@
+"""Embedding images and texts with a dual encoder into feature stores."""
