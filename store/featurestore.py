@@ -1,0 +1,482 @@
+"""FeatureStore: one modality's vectors, ids and per-row metadata in a Zarr v3 group.
+
+Layout (standard Zarr v3, readable by any Zarr v3 library):
+
+    <store>/zarr.json            group; attributes["revision"] is the commit record
+    <store>/vectors/             (N, D) float16 | float32 | uint16 (= bfloat16 bits)
+    <store>/ids/                 (N,) string
+    <store>/meta/<column>/       (N,) string | int64 | float64 | bool
+
+All arrays share one row chunking and sharding. The commit protocol: data shards are written
+first (each file replaced atomically), then each array's zarr.json with the new shape, then the
+group's zarr.json with the new row count — the commit point. A reader trusts the group's count; a
+writer that opens a store repairs anything a crash left past it. A SIGKILL at any moment therefore
+leaves the store readable at its last commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write_bytes
+from .config import DTYPES, FORMAT_VERSION, META_KINDS, StoreConfig
+from .readahead import read_ahead
+from .shard import ArraySpec, ShardReader
+from .writer import ArrayWriter
+
+_COLUMN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_READ_BLOCK_BYTES = 16 << 20
+
+
+class StoreError(ValueError):
+    """A store cannot be opened, created or written as asked; the message names the path."""
+
+
+def _group_doc(attributes: dict[str, Any]) -> bytes:
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}, indent=2).encode()
+
+
+def _as_storage(vectors: Any, dtype: str, np_dtype: np.dtype[Any]) -> np.ndarray:
+    """Convert a (n, D) numpy array or torch tensor to the store's on-disk dtype."""
+    if type(vectors).__module__.startswith("torch"):
+        import torch
+
+        t = vectors.detach().to("cpu")
+        if dtype == "bfloat16":
+            return t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
+        return t.numpy().astype(np_dtype, copy=False)
+    arr = np.asarray(vectors)
+    if dtype == "bfloat16":
+        if arr.dtype == np.uint16:  # already bf16 bits
+            return arr
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.bfloat16)
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return arr.astype(np_dtype, copy=False)
+
+
+class FeatureStore:
+    """A feature store on local disk. Create with `create`, open with `open` (read-only or "a")."""
+
+    def __init__(self, path: Path, record: dict[str, Any], user_attrs: dict[str, Any], mode: str) -> None:
+        self.path = path
+        self.mode = mode
+        self._record = record
+        self._attrs = user_attrs
+        self.config = StoreConfig(**record["config"])
+        self.metadata_columns: dict[str, str] = dict(record["metadata_columns"])
+        self._rows = int(record["rows"])
+        self._specs = self._build_specs()
+        self._readers: dict[str, ShardReader] = {}
+        self._writers: dict[str, ArrayWriter] | None = None
+        self._pending_attrs: dict[str, Any] = {}
+
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        config: StoreConfig,
+        *,
+        metadata_columns: dict[str, str] | None = None,
+        attrs: dict[str, Any] | None = None,
+        durable: bool = False,
+    ) -> FeatureStore:
+        """Create an empty store at `path` (which must not exist) and open it for appending."""
+        p = Path(path)
+        if p.exists():
+            raise StoreError(f"{p}: already exists (open it with mode='a' to append or resume)")
+        columns = dict(metadata_columns or {})
+        for name, kind in columns.items():
+            if not _COLUMN_NAME.match(name):
+                raise StoreError(f"{p}: metadata column name {name!r} is not a plain name")
+            if kind not in META_KINDS:
+                raise StoreError(f"{p}: metadata column {name!r} has unknown kind {kind!r}")
+        cfg = config.resolved()
+        record = {
+            "format_version": FORMAT_VERSION,
+            "config": cfg.to_json(),
+            "dtype": cfg.dtype,
+            "rows": 0,
+            "metadata_columns": list(columns.items()),
+            "progress": None,
+        }
+        user = dict(attrs or {})
+        if "revision" in user:
+            raise StoreError(f"{p}: the attribute name 'revision' is reserved")
+        # Build next to the destination and rename, so a crash never leaves a half-made store.
+        tmp = p.with_name(f".{p.name}.creating-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        store = cls(tmp, record, user, "a")
+        for spec in store._specs.values():
+            spec.write_metadata(0)
+        if columns:
+            atomic_write_bytes(tmp / "meta" / "zarr.json", _group_doc({}))
+        atomic_write_bytes(tmp / "zarr.json", _group_doc({"revision": record, **user}))
+        os.replace(tmp, p)
+        return cls.open(p, mode="a", durable=durable)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], mode: str = "r", *, durable: bool = False) -> FeatureStore:
+        """Open an existing store read-only ("r") or for appending/resuming ("a")."""
+        if mode not in ("r", "a"):
+            raise StoreError(f"mode must be 'r' or 'a', got {mode!r}")
+        p = Path(path)
+        meta = p / "zarr.json"
+        if not meta.is_file():
+            raise StoreError(f"{p}: not a feature store (no zarr.json)")
+        try:
+            doc = json.loads(meta.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{p}: unreadable zarr.json ({exc})") from exc
+        attrs = doc.get("attributes", {}) if isinstance(doc, dict) else {}
+        record = attrs.get("revision") if isinstance(attrs, dict) else None
+        if not isinstance(record, dict) or "config" not in record:
+            raise StoreError(f"{p}: a Zarr group, but not a revision feature store")
+        if record.get("format_version", 0) > FORMAT_VERSION:
+            raise StoreError(f"{p}: store format {record['format_version']} is newer than this revision")
+        user = {k: v for k, v in attrs.items() if k != "revision"}
+        store = cls(p, record, user, mode)
+        if mode == "a":
+            store._start_writing(durable)
+        return store
+
+    def _build_specs(self) -> dict[str, ArraySpec]:
+        cfg = self.config
+        assert cfg.chunk_rows is not None and cfg.chunks_per_shard is not None
+        geometry = {"chunk_rows": cfg.chunk_rows, "chunks_per_shard": cfg.chunks_per_shard}
+        np_dtype, zarr_dtype = DTYPES[cfg.dtype]
+        specs = {
+            "vectors": ArraySpec(self.path / "vectors", (cfg.dim,), np_dtype, zarr_dtype, codec=cfg.codec, **geometry),
+            "ids": ArraySpec(self.path / "ids", (), None, "string", codec="zstd", **geometry),
+        }
+        for name, kind in self.metadata_columns.items():
+            dt = META_KINDS[kind]
+            zdt = "string" if dt is None else ("bool" if dt.kind == "b" else str(dt.name))
+            specs[f"meta/{name}"] = ArraySpec(self.path / "meta" / name, (), dt, zdt, codec="zstd", **geometry)
+        return specs
+
+    def _start_writing(self, durable: bool) -> None:
+        """Repair what a crashed writer may have left past the last commit, then prepare buffers."""
+        for spec in self._specs.values():
+            doc = json.loads((spec.path / "zarr.json").read_text())
+            if doc["shape"][0] != self._rows:
+                spec.write_metadata(self._rows)
+            open_shard = self._rows // spec.shard_rows
+            shard_dir = spec.path / "c"
+            if shard_dir.is_dir():
+                for entry in shard_dir.iterdir():
+                    if entry.name.isdigit() and int(entry.name) > open_shard:
+                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        self._writers = {k: ArrayWriter(s, self._rows, durable=durable) for k, s in self._specs.items()}
+        self._durable = durable
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None and self._writers is not None:
+            self.commit()
+        self.close()
+
+    def close(self) -> None:
+        """Release file handles. Uncommitted rows are dropped (commit first to keep them)."""
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+        self._writers = None
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        """Committed rows (what readers see)."""
+        return self._rows
+
+    def __len__(self) -> int:
+        return self._rows
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def dtype(self) -> str:
+        return self.config.dtype
+
+    @property
+    def np_dtype(self) -> np.dtype[Any]:
+        return self.config.np_dtype
+
+    @property
+    def modality(self) -> str:
+        return self.config.modality
+
+    @property
+    def normalized(self) -> bool:
+        return self.config.normalized
+
+    @property
+    def codec(self) -> str:
+        return self.config.codec
+
+    @property
+    def chunk_rows(self) -> int:
+        assert self.config.chunk_rows is not None
+        return self.config.chunk_rows
+
+    @property
+    def shard_rows(self) -> int:
+        return self._specs["vectors"].shard_rows
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """User attributes (a copy), including ones set since the last commit."""
+        return {**self._attrs, **self._pending_attrs}
+
+    @property
+    def progress(self) -> dict[str, Any] | None:
+        """What the last commit recorded about the job that wrote it (for resuming)."""
+        return self._record.get("progress")
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows appended since the last commit."""
+        return 0 if self._writers is None else self._writers["vectors"].rows - self._rows
+
+    def __repr__(self) -> str:
+        where = str(self.path)
+        return f"FeatureStore({where!r}, {self.modality}, rows={self.rows}, dim={self.dim}, {self.dtype})"
+
+    # -- writing ------------------------------------------------------------------------------
+    def _require_writer(self) -> dict[str, ArrayWriter]:
+        if self._writers is None:
+            raise StoreError(f"{self.path}: opened read-only (use mode='a' to write)")
+        return self._writers
+
+    def append(
+        self,
+        vectors: Any,
+        ids: Sequence[str] | np.ndarray,
+        metadata: dict[str, Sequence[Any]] | None = None,
+    ) -> None:
+        """Buffer rows; they become visible at the next `commit`. Memory is bounded by one shard."""
+        writers = self._require_writer()
+        arr = _as_storage(vectors, self.dtype, self.np_dtype)
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise StoreError(f"{self.path}: vectors of shape {tuple(arr.shape)} do not fit a store of dim {self.dim}")
+        n = arr.shape[0]
+        id_arr = np.asarray(ids, dtype=object)
+        if id_arr.shape != (n,):
+            raise StoreError(f"{self.path}: {len(id_arr)} ids for {n} vectors")
+        if n and not all(isinstance(i, str) for i in id_arr):
+            raise StoreError(f"{self.path}: ids must be strings")
+        meta = metadata or {}
+        if set(meta) != set(self.metadata_columns):
+            missing = sorted(set(self.metadata_columns) - set(meta))
+            extra = sorted(set(meta) - set(self.metadata_columns))
+            raise StoreError(
+                f"{self.path}: metadata columns differ from the store's (missing {missing}, extra {extra})"
+            )
+        encoded: dict[str, Any] = {}
+        for name, kind in self.metadata_columns.items():
+            values = meta[name]
+            if len(values) != n:
+                raise StoreError(f"{self.path}: metadata column {name!r} has {len(values)} values for {n} rows")
+            encoded[f"meta/{name}"] = _encode_column(name, kind, values, self.path)
+        writers["vectors"].append(arr)
+        writers["ids"].append(id_arr)
+        for key, values in encoded.items():
+            writers[key].append(values)
+
+    def set_attrs(self, **attrs: Any) -> None:
+        """Set user attributes; written by the next commit."""
+        if "revision" in attrs:
+            raise StoreError(f"{self.path}: the attribute name 'revision' is reserved")
+        json.dumps(attrs)  # fail now, not at commit, on values that cannot be saved
+        self._pending_attrs.update(attrs)
+
+    def commit(self, progress: dict[str, Any] | None = None, attrs: dict[str, Any] | None = None) -> None:
+        """Make every appended row, `progress` and attribute change visible, atomically."""
+        writers = self._require_writer()
+        if attrs:
+            self.set_attrs(**attrs)
+        new_rows = writers["vectors"].rows
+        for writer in writers.values():
+            writer.flush_partial()
+        for spec in self._specs.values():
+            spec.write_metadata(new_rows)
+        record = {**self._record, "rows": new_rows, "progress": progress}
+        user = {**self._attrs, **self._pending_attrs}
+        atomic_write_bytes(self.path / "zarr.json", _group_doc({"revision": record, **user}), durable=self._durable)
+        self._record, self._attrs, self._pending_attrs, self._rows = record, user, {}, new_rows
+        for reader in self._readers.values():  # shard indexes may have changed
+            reader.close()
+        self._readers.clear()
+
+    # -- reading ------------------------------------------------------------------------------
+    def _reader(self, key: str) -> ShardReader:
+        reader = self._readers.get(key)
+        if reader is None:
+            reader = self._readers[key] = ShardReader(self._specs[key])
+        return reader
+
+    def _check_range(self, start: int, stop: int | None) -> int:
+        stop = self._rows if stop is None else stop
+        if not 0 <= start <= stop <= self._rows:
+            raise IndexError(f"{self.path}: rows [{start}, {stop}) outside [0, {self._rows})")
+        return stop
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) as an (n, D) array of the storage dtype."""
+        stop = self._check_range(start, stop)
+        out = np.empty((stop - start, self.dim), dtype=self.np_dtype)
+        # A private reader: read() runs concurrently on read-ahead threads.
+        reader = ShardReader(self._specs["vectors"])
+        try:
+            reader.read_into(out, start, stop)
+        finally:
+            reader.close()
+        return out
+
+    def block_ranges(
+        self, start: int = 0, stop: int | None = None, block_rows: int | None = None
+    ) -> list[tuple[int, int]]:
+        """Chunk-aligned [lo, hi) ranges covering [start, stop), each about `block_rows` rows."""
+        stop = self._check_range(start, stop)
+        cr = self.chunk_rows
+        if block_rows is None:
+            block_rows = max(1, _READ_BLOCK_BYTES // (cr * self.dim * self.np_dtype.itemsize)) * cr
+        block_rows = max(cr, block_rows // cr * cr)
+        ranges = []
+        lo = start
+        while lo < stop:
+            hi = min(stop, (lo // block_rows + 1) * block_rows)
+            ranges.append((lo, hi))
+            lo = hi
+        return ranges
+
+    def iter_chunks(
+        self, start: int = 0, stop: int | None = None, *, block_rows: int | None = None, prefetch: int = 2
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first_row, block) over [start, stop) in chunk-aligned blocks, read ahead on threads."""
+        ranges = self.block_ranges(start, stop, block_rows)
+        for (lo, _), block in zip(ranges, read_ahead(lambda r: self.read(*r), ranges, prefetch=prefetch), strict=True):
+            yield lo, block
+
+    def read_rows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows at `indices` (any order, repeats allowed), reading each needed chunk once."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.ndim != 1:
+            raise IndexError("indices must be one-dimensional")
+        if idx.size and (idx.min() < 0 or idx.max() >= self._rows):
+            raise IndexError(f"{self.path}: row index out of [0, {self._rows})")
+        out = np.empty((idx.size, self.dim), dtype=self.np_dtype)
+        reader = self._reader("vectors")
+        order = np.argsort(idx, kind="stable")
+        chunks = idx[order] // self.chunk_rows
+        bounds = np.flatnonzero(np.diff(chunks)) + 1
+        for group in np.split(order, bounds):
+            if not group.size:
+                continue
+            chunk = int(idx[group[0]] // self.chunk_rows)
+            lo = chunk * self.chunk_rows
+            hi = min(self._rows, lo + self.chunk_rows)
+            rows = reader.read_chunk(chunk) if self.codec != "none" else self.read(lo, hi)
+            out[group] = rows[idx[group] - lo]
+        return out
+
+    def _read_column(self, key: str, start: int, stop: int | None) -> np.ndarray:
+        stop = self._check_range(start, stop)
+        spec = self._specs[key]
+        reader = self._reader(key)
+        parts = []
+        for chunk in range(start // spec.chunk_rows, -(-stop // spec.chunk_rows)):
+            lo = chunk * spec.chunk_rows
+            values = reader.read_chunk(chunk)
+            parts.append(values[max(start, lo) - lo : min(stop, lo + spec.chunk_rows) - lo])
+        if not parts:
+            return np.empty(0, dtype=object if spec.dtype is None else spec.dtype)
+        return np.concatenate(parts)
+
+    def read_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Ids of rows [start, stop) as an object array of str."""
+        return self._read_column("ids", start, stop)
+
+    def iter_ids(self, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        for lo, hi in self.block_ranges(0, None, block_rows or 64 * self.chunk_rows):
+            yield lo, self.read_ids(lo, hi)
+
+    def read_metadata(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray | list[Any]:
+        """Metadata column `name` for rows [start, stop): an array, or a list of values for "json"."""
+        kind = self.metadata_columns.get(name)
+        if kind is None:
+            raise KeyError(f"{self.path}: no metadata column {name!r} (have {sorted(self.metadata_columns)})")
+        values = self._read_column(f"meta/{name}", start, stop)
+        if kind == "json":
+            return [json.loads(v) for v in values]
+        return values
+
+    # -- description --------------------------------------------------------------------------
+    def bytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def info(self) -> dict[str, Any]:
+        vec_bytes = sum(f.stat().st_size for f in (self.path / "vectors").rglob("*") if f.is_file())
+        logical = self._rows * self.dim * self.np_dtype.itemsize
+        return {
+            "path": str(self.path),
+            "rows": self._rows,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "modality": self.modality,
+            "normalized": self.normalized,
+            "encoder": self.config.encoder,
+            "chunk_rows": self.chunk_rows,
+            "shard_rows": self.shard_rows,
+            "chunk_bytes": self.chunk_rows * self.dim * self.np_dtype.itemsize,
+            "codec": self.codec,
+            "metadata_columns": dict(self.metadata_columns),
+            "bytes_on_disk": self.bytes_on_disk(),
+            "vector_bytes_on_disk": vec_bytes,
+            "compression_ratio": (logical / vec_bytes) if vec_bytes and logical else None,
+            "format_version": self._record.get("format_version"),
+            "attrs": self.attrs,
+        }
+
+
+def _encode_column(name: str, kind: str, values: Sequence[Any], path: Path) -> np.ndarray:
+    if kind == "json":
+        try:
+            return np.asarray([json.dumps(v, ensure_ascii=False) for v in values], dtype=object)
+        except TypeError as exc:
+            raise StoreError(f"{path}: metadata column {name!r}: {exc}") from exc
+    if kind == "str":
+        arr = np.asarray(values, dtype=object)
+        if len(arr) and not all(isinstance(v, str) for v in arr):
+            raise StoreError(f"{path}: metadata column {name!r} (str) holds a non-string value")
+        return arr
+    dt = META_KINDS[kind]
+    try:
+        return np.asarray(values, dtype=dt)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{path}: metadata column {name!r} ({kind}): {exc}") from exc
+
+
+def to_torch(block: np.ndarray, dtype: str) -> Any:
+    """A zero-copy torch view of a block read from a store; bfloat16 stores give torch.bfloat16."""
+    import torch
+
+    t = torch.from_numpy(block)
+    if dtype == "bfloat16":
+        return t.view(torch.bfloat16)
+    return t

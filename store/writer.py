@@ -1,0 +1,74 @@
+"""Append-only writer for one sharded array, with memory bounded by one shard.
+
+Rows accumulate in a chunk buffer; full chunks are encoded and kept until their shard is full, then
+the shard file is written (atomically). `flush_partial` writes the open shard as it stands, which the
+commit protocol does before it publishes a new row count. Nothing here decides what is committed:
+the FeatureStore does, by writing the row count last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .shard import ArraySpec, ShardReader
+
+
+class ArrayWriter:
+    def __init__(self, spec: ArraySpec, committed_rows: int, *, durable: bool = False) -> None:
+        self.spec = spec
+        self.durable = durable
+        self.rows = committed_rows
+        self._shard = committed_rows // spec.shard_rows
+        self._chunks: list[bytes] = []  # encoded full chunks of the open shard
+        self._buf = self._new_buffer()
+        self._fill = 0
+        within = committed_rows - self._shard * spec.shard_rows
+        if within:
+            self._load_open_shard(within)
+
+    def _new_buffer(self) -> np.ndarray:
+        if self.spec.is_string:
+            return np.empty(self.spec.chunk_rows, dtype=object)
+        return np.empty((self.spec.chunk_rows, *self.spec.row_shape), dtype=self.spec.dtype)
+
+    def _load_open_shard(self, within: int) -> None:
+        """Resume: keep the committed full chunks' bytes as they are, decode the partial one."""
+        reader = ShardReader(self.spec)
+        try:
+            full, part = divmod(within, self.spec.chunk_rows)
+            first = self._shard * self.spec.chunks_per_shard
+            self._chunks = [reader.chunk_bytes(first + j) for j in range(full)]
+            if part:
+                self._buf[:part] = reader.read_chunk(first + full)[:part]
+                self._fill = part
+        finally:
+            reader.close()
+
+    def append(self, values: np.ndarray | list[Any]) -> None:
+        n = len(values)
+        pos = 0
+        cr = self.spec.chunk_rows
+        while pos < n:
+            take = min(cr - self._fill, n - pos)
+            self._buf[self._fill : self._fill + take] = values[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == cr:
+                self._chunks.append(self.spec.encode_chunk(self._buf))
+                self._fill = 0
+                if len(self._chunks) == self.spec.chunks_per_shard:
+                    self.spec.write_shard(self._shard, self._chunks, durable=self.durable)
+                    self._chunks = []
+                    self._shard += 1
+        self.rows += n
+
+    def flush_partial(self) -> None:
+        """Write the open shard with what it holds (a no-op when it holds nothing)."""
+        if not self._chunks and not self._fill:
+            return
+        chunks = list(self._chunks)
+        if self._fill:
+            chunks.append(self.spec.encode_chunk(self._buf[: self._fill]))
+        self.spec.write_shard(self._shard, chunks, durable=self.durable)
