@@ -168,6 +168,8 @@ class FeatureStore:
 
     def _start_writing(self, durable: bool) -> None:
         """Repair what a crashed writer may have left past the last commit, then prepare buffers."""
+        for stale in self.path.rglob(".*.tmp-*"):  # a temporary file a killed writer never renamed
+            stale.unlink(missing_ok=True)
         for spec in self._specs.values():
             doc = json.loads((spec.path / "zarr.json").read_text())
             if doc["shape"][0] != self._rows:
