@@ -1,0 +1,155 @@
+"""Export a feature store as a memory-mappable training view: raw `.npy` vectors plus an id index.
+
+Zarr decodes a whole chunk to serve one row, so random-row training reads a raw row-major copy.
+The export directory holds:
+
+- `vectors.npy`   (N, D) in the store's storage dtype (bfloat16 kept as its uint16 bits);
+                  `np.load(path / "vectors.npy", mmap_mode="r")` works.
+- the id files of `revision.store.idindex` (UTF-8 ids + offsets, sorted 64-bit hash index).
+- `header.json`   rows, dim, dtype, storage dtype, the id hash, collision counts, the source store
+                  and its alignment stats (if any). Written last; its presence marks a complete export.
+
+Written in one streaming pass over the store (memory bounded by one read block plus one sort run),
+into a temporary directory beside `dest` that is renamed to `dest` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from revision.store.featurestore import FeatureStore, StoreError
+from revision.store.idindex import DEFAULT_HASH, HashFn, IdIndexBuilder, hash_id_bytes
+from revision.store.npyio import NpyWriter
+
+FORMAT = "revision-memmap"
+FORMAT_VERSION = 1
+HEADER_NAME = "header.json"
+VECTORS_NAME = "vectors.npy"
+
+
+def export_memmap(
+    store: FeatureStore,
+    dest: str | Path,
+    *,
+    show_progress: bool = True,
+    overwrite: bool = False,
+    block_rows: int | None = None,
+    run_rows: int = 1 << 22,
+    hash_fn: HashFn = hash_id_bytes,
+    hash_name: str = DEFAULT_HASH,
+) -> dict[str, Any]:
+    """Write the memmap training view of `store` to directory `dest`; returns the JSON header.
+
+    block_rows: rows read from the store at a time (None: the store's default read block).
+    run_rows: hashes sorted in memory at a time while building the id index (16 bytes each).
+    hash_fn / hash_name: the id hash (tests inject colliding ones); readers must use the same.
+    """
+    dest = Path(dest)
+    if (dest / HEADER_NAME).exists() and not overwrite:
+        raise StoreError(f"{dest}: already holds a memmap export (pass overwrite=True to replace it)")
+    if dest.exists() and not (dest / HEADER_NAME).exists() and any(dest.iterdir()):
+        raise StoreError(f"{dest}: exists and is not a memmap export; refusing to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = dest.parent / f".{dest.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    t0 = time.perf_counter()
+    try:
+        header = _write(store, work, show_progress, block_rows, run_rows, hash_fn, hash_name)
+        header["export_seconds"] = round(time.perf_counter() - t0, 3)
+        tmp = work / f".{HEADER_NAME}.tmp"
+        tmp.write_text(json.dumps(header, indent=2) + "\n")
+        os.replace(tmp, work / HEADER_NAME)
+        _swap_into_place(work, dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return header
+
+
+def _write(
+    store: FeatureStore,
+    work: Path,
+    show_progress: bool,
+    block_rows: int | None,
+    run_rows: int,
+    hash_fn: HashFn,
+    hash_name: str,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    n = store.rows
+    vectors = NpyWriter(work / VECTORS_NAME, store.np_dtype, (store.dim,))
+    builder = IdIndexBuilder(work, run_rows=run_rows, hash_fn=hash_fn)
+    try:
+        with tqdm(total=n, unit="row", unit_scale=True, disable=not show_progress, desc="export") as bar:
+            for lo, block in store.iter_chunks(block_rows=block_rows):
+                vectors.append(block)
+                try:
+                    builder.add(store.read_ids(lo, lo + len(block)))
+                except ValueError as exc:
+                    raise StoreError(f"{store.path}: {exc}") from exc
+                bar.update(len(block))
+        vectors.close()
+        stats = builder.finish()
+    except BaseException:
+        vectors.abort()
+        builder.abort()
+        raise
+    if vectors.rows != n or stats.rows != n:
+        raise StoreError(f"{store.path}: read {vectors.rows} vectors and {stats.rows} ids for a store of {n} rows")
+    attrs = store.attrs
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "rows": n,
+        "dim": store.dim,
+        "dtype": store.dtype,
+        "storage_dtype": str(store.np_dtype),
+        "vectors": VECTORS_NAME,
+        "id_hash": hash_name,
+        "id_bytes": stats.id_bytes,
+        "hash_collisions": stats.hash_collisions,
+        "duplicate_ids": stats.duplicate_ids,
+        "source": {
+            "path": str(Path(store.path).resolve()),
+            "rows": n,
+            "modality": store.modality,
+            "normalized": store.normalized,
+            "encoder": getattr(store.config, "encoder", None),
+        },
+        "alignment": attrs.get("alignment"),
+        "attrs": attrs,
+    }
+
+
+def _swap_into_place(work: Path, dest: Path) -> None:
+    """Rename the finished directory to `dest`, replacing an old export only once the new one is complete."""
+    if not dest.exists():
+        os.replace(work, dest)
+        return
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    os.replace(dest, old)
+    os.replace(work, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The header of a complete memmap export (StoreError if `path` is not one)."""
+    p = Path(path)
+    try:
+        header = json.loads((p / HEADER_NAME).read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{p}: not a memmap export (no {HEADER_NAME}; was the export interrupted?)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{p / HEADER_NAME}: unreadable ({exc})") from exc
+    if header.get("format") != FORMAT:
+        raise StoreError(f"{p}: not a memmap export (format {header.get('format')!r})")
+    if int(header.get("format_version", 0)) > FORMAT_VERSION:
+        raise StoreError(f"{p}: memmap format {header['format_version']} is newer than this revision")
+    return header
