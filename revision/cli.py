@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from revision.errors import UserError
+from revision.store import ConfigError, StoreError
 
 # Order is the order shown in `revision --help`.
 COMMANDS: tuple[str, ...] = (
@@ -46,12 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
+    except (UserError, StoreError, ConfigError) as exc:
         print(f"revision {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"revision {args.command}: interrupted; committed work is kept, re-run to resume",
-              file=sys.stderr)
+        print(f"revision {args.command}: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
         return 130
 
 
