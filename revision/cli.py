@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "align_pkl",
     "diagnose",
     "export",
+    "bench",
 )
 
 
