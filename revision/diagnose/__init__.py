@@ -1,1 +1,68 @@
-"""Nearest-neighbour and statistical diagnostics of the modality gap, and the HTML report."""
+"""Nearest-neighbour and statistical diagnostics of the modality gap, and the HTML report.
+
+One call does it all::
+
+    from revision.diagnose import diagnose
+    metrics = diagnose("text.zarr", "image.zarr", aligned={"realign": "aligned.zarr"},
+                       out="report_dir", sample=10_000, k=10)
+
+`metrics` is what `report_dir/metrics.json` holds: {"raw": {...}, "aligned": {...}} (one
+entry per aligned store, keyed "aligned" when there is one, else by name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from revision.diagnose.pipeline import DEFAULT_SAMPLE, Diagnosis, metrics_json, run_diagnosis, write_atomic
+from revision.diagnose.sources import ArraySource, VectorSource
+
+__all__ = ["DEFAULT_SAMPLE", "ArraySource", "Diagnosis", "VectorSource", "diagnose", "write_outputs"]
+
+
+def write_outputs(result: Diagnosis, out: str | Path) -> tuple[Path, Path]:
+    """Write metrics.json and report.html into `out` (created if needed); returns both paths."""
+    from revision.diagnose.report import render_html
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path, report_path = out / "metrics.json", out / "report.html"
+    write_atomic(metrics_path, metrics_json(result.metrics))
+    write_atomic(report_path, render_html(result.metrics, result.figures))
+    return metrics_path, report_path
+
+
+def diagnose(
+    text: Any,
+    image: Any,
+    *,
+    aligned: Mapping[str, Any] | Sequence[Any] | None = None,
+    out: str | Path | None = None,
+    sample: int | None = None,
+    k: int = 10,
+    seed: int = 0,
+    pairs: bool = False,
+    pairs_file: str | Path | None = None,
+    gpu: bool = True,
+    threads: int | None = None,
+    log: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """Gap metrics of raw (and aligned) text against images; writes the report when `out` is given.
+
+    text, image, aligned values: store paths, open FeatureStores or (n, dim) NumPy arrays.
+    sample: rows per modality for the sampled metrics (None → min(10,000, rows); more rows
+        than a store holds is an error). k: neighbours for k-NN mixing. seed: all sampling.
+    pairs: pair rows by equal ids; pairs_file: CSV/TSV/Parquet with text_id, image_id.
+    gpu: use a FAISS GPU index when faiss has one; threads: FAISS threads (None → measured).
+    log: a callable taking progress messages (e.g. print), or None.
+    Raises revision.errors.UserError on bad input.
+    """
+    result = run_diagnosis(
+        text, image, aligned=aligned, sample=sample, k=k, seed=seed, pairs=pairs,
+        pairs_file=pairs_file, gpu=gpu, threads=threads, log=log,
+    )  # fmt: skip
+    if out is not None:
+        write_outputs(result, out)
+    return result.metrics

@@ -1,0 +1,200 @@
+"""FAISS nearest-neighbour diagnostics on sampled unit rows: k-NN mixing and top-1 cosines.
+
+Text queries are searched against a text index and an image index separately and the two
+result lists merged; for exact search that is the same as one search of the pooled sample, and
+it yields the best cross-modal and intra-modal cosines from the same search. Up to
+`exact_limit` pooled rows the indexes are exact (IndexFlatIP; on unit rows inner product is
+cosine); beyond, IVF-Flat, whose recall against exact search is measured on a query subset and
+reported. FAISS's thread count is picked by timing a probe search (on a small shared machine one
+thread can beat two).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+EXACT_LIMIT = 200_000
+RECALL_QUERIES = 1000
+
+
+@dataclass
+class IndexChoice:
+    """How the neighbour search was run, for metrics.json."""
+
+    kind: str
+    threads: int
+    gpu: bool
+    nprobe: int | None = None
+
+
+def _gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
+
+
+def build_index(x: np.ndarray, *, exact: bool, seed: int, gpu: bool) -> tuple[Any, IndexChoice]:
+    """An inner-product index over unit rows `x` (float32, C-contiguous)."""
+    d = x.shape[1]
+    if exact:
+        index: Any = faiss.IndexFlatIP(d)
+        choice = IndexChoice("flat-ip", faiss.omp_get_max_threads(), gpu=False)
+    else:
+        nlist = int(min(max(16, 4 * math.sqrt(len(x))), len(x) // 39))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        train = x[rng.choice(len(x), size=min(len(x), 64 * nlist), replace=False)]
+        index.train(train)
+        index.nprobe = max(1, nlist // 16)
+        choice = IndexChoice(f"ivf{nlist}-flat-ip", faiss.omp_get_max_threads(), gpu=False, nprobe=index.nprobe)
+    if gpu and _gpu_available():
+        res = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(res, 0, index)
+        index.__dict__["_revision_gpu_res"] = res  # keep the resources alive with the index
+        choice.gpu = True
+    index.add(x)
+    return index, choice
+
+
+def pick_threads(index: Any, probe: np.ndarray, k: int) -> tuple[int, dict[str, float]]:
+    """The FAISS thread count with the fastest probe search; returns (threads, seconds by count)."""
+    cpus = os.cpu_count() or 1
+    candidates = sorted({1, cpus, *(2**p for p in range(1, 8) if 2**p < cpus)})
+    timings: dict[str, float] = {}
+    for threads in candidates:
+        faiss.omp_set_num_threads(threads)
+        index.search(probe, k)  # warm caches so the first candidate is not penalised
+        t0 = time.perf_counter()
+        index.search(probe, k)
+        timings[str(threads)] = time.perf_counter() - t0
+    best = int(min(timings, key=lambda t: timings[t]))
+    faiss.omp_set_num_threads(best)
+    return best, timings
+
+
+def _drop_self(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each query's own row (query q is row q of the index) from k + 1 results."""
+    n = len(ids)
+    is_self = ids == np.arange(n)[:, None]
+    # Where the row is not among the results (ties with duplicates), drop the last one instead.
+    missing = ~is_self.any(axis=1)
+    is_self[missing, -1] = True
+    first = np.argmax(is_self, axis=1)
+    keep = np.ones_like(is_self)
+    keep[np.arange(n), first] = False
+    return ids[keep].reshape(n, k), scores[keep].reshape(n, k)
+
+
+def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the k largest inner products, by blocked brute force (the recall reference)."""
+    k = min(k, len(base))
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    for s in range(0, len(queries), block):
+        sims = queries[s : s + block] @ base.T
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        part_scores = np.take_along_axis(sims, part, axis=1)
+        order = np.argsort(-part_scores, axis=1, kind="stable")
+        ids[s : s + block] = np.take_along_axis(part, order, axis=1)
+        scores[s : s + block] = np.take_along_axis(part_scores, order, axis=1)
+    return scores, ids
+
+
+def knn_metrics(
+    text: np.ndarray,
+    image: np.ndarray,
+    *,
+    k: int,
+    seed: int,
+    exact_limit: int = EXACT_LIMIT,
+    gpu: bool = True,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """k-NN mixing of text rows within the pooled sample, and the mean best cross/intra cosines.
+
+    text, image: unit float32 rows. Returns metrics plus `neighbour_image_counts`, the histogram
+    (length k + 1) of how many of each text row's k neighbours are images.
+    """
+    n_t, n_i = len(text), len(image)
+    if n_t < 2 or n_i < 1:
+        raise ValueError(f"k-NN needs at least 2 text rows and 1 image row, got {n_t} and {n_i}")
+    k = min(k, n_t - 1 + n_i)
+    text = np.ascontiguousarray(text, dtype=np.float32)
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    exact = n_t + n_i <= exact_limit
+    t_index, choice = build_index(text, exact=exact, seed=seed, gpu=gpu)
+    i_index, _ = build_index(image, exact=exact, seed=seed + 1, gpu=gpu)
+    k_t, k_i = min(k + 1, n_t), min(k, n_i)
+    timings: dict[str, float] = {}
+    if threads is None:
+        if choice.gpu:
+            threads = faiss.omp_get_max_threads()
+        else:
+            threads, timings = pick_threads(t_index, text[: min(256, n_t)], k_t)
+    faiss.omp_set_num_threads(threads)
+    choice.threads = threads
+
+    s_t, id_t = t_index.search(text, k_t)
+    s_i, id_i = i_index.search(text, k_i)
+    id_t, s_t = _drop_self(id_t, s_t, k_t - 1)
+    # Pool: label text neighbours 0 and image neighbours 1, keep the k best scores.
+    scores = np.concatenate([s_t, s_i], axis=1)
+    is_image = np.concatenate([np.zeros_like(id_t, dtype=bool), np.ones_like(id_i, dtype=bool)], axis=1)
+    valid = np.concatenate([id_t >= 0, id_i >= 0], axis=1)
+    scores = np.where(valid, scores, -np.inf)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    image_hits = np.take_along_axis(is_image, top, axis=1).sum(axis=1)
+
+    out: dict[str, Any] = {
+        "knn_k": k,
+        "knn_mixing": float(image_hits.mean() / k),
+        "knn_mixing_ideal": n_i / (n_t + n_i - 1),
+        "neighbour_image_counts": np.bincount(image_hits, minlength=k + 1).tolist(),
+        "top1_cross_cosine": float(np.where(id_i[:, 0] >= 0, s_i[:, 0], np.nan).mean()),
+        "top1_intra_cosine": float(np.where(id_t[:, 0] >= 0, s_t[:, 0], np.nan).mean()),
+        "faiss": {
+            "index": choice.kind,
+            "gpu": choice.gpu,
+            "threads": threads,
+            "thread_probe_seconds": timings,
+            "nprobe": choice.nprobe,
+        },
+    }
+    if not exact:
+        out["faiss"]["recall_vs_exact"] = _approx_recall(text, image, id_t, id_i, s_t, s_i, k, seed)
+    return out
+
+
+def _approx_recall(
+    text: np.ndarray,
+    image: np.ndarray,
+    id_t: np.ndarray,
+    id_i: np.ndarray,
+    s_t: np.ndarray,
+    s_i: np.ndarray,
+    k: int,
+    seed: int,
+) -> float:
+    """Recall@k of the approximate pooled search against brute force, on a query subset."""
+    rng = np.random.default_rng(seed + 2)
+    q = np.sort(rng.choice(len(text), size=min(RECALL_QUERIES, len(text)), replace=False))
+    n_t = len(text)
+    et_s, et_id = exact_topk(text[q], text, k + 1)
+    ei_s, ei_id = exact_topk(text[q], image, k)
+    hits = 0
+    for row, qi in enumerate(q.tolist()):
+        t_keep = et_id[row] != qi
+        want_ids = np.concatenate([et_id[row][t_keep], ei_id[row] + n_t])
+        want_scores = np.concatenate([et_s[row][t_keep], ei_s[row]])
+        want = set(want_ids[np.argsort(-want_scores, kind="stable")[:k]].tolist())
+        scores = np.concatenate([s_t[qi], s_i[qi]])
+        ids = np.concatenate([id_t[qi], np.where(id_i[qi] >= 0, id_i[qi] + n_t, -1)])
+        got = set(ids[np.argsort(-scores, kind="stable")[:k]].tolist())
+        hits += len(got & want)
+    return hits / (len(q) * k)

@@ -1,0 +1,147 @@
+"""Gap metrics on seeded samples of unit rows: modality separability, paired retrieval, cosine draws.
+
+All functions take unit float32 rows already in memory (a sample of a store) and are
+deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+# L2 penalty of the logistic regression, per training row: small enough that a real gap is
+# separated perfectly, large enough that 768 free weights cannot memorise a no-gap sample.
+_L2 = 1e-3
+
+
+def linear_separability(text: np.ndarray, image: np.ndarray, *, seed: int, max_rows: int = 20_000) -> dict:
+    """Held-out accuracy of a logistic-regression modality classifier (0.5 = no gap).
+
+    A balanced sample (the same number of rows from each modality, at most `max_rows / 2` each)
+    is split 80/20 at random; the classifier is fitted by full-batch L-BFGS in float64.
+    """
+    rng = np.random.default_rng(seed)
+    n = min(len(text), len(image), max_rows // 2)
+    if n < 5:
+        raise ValueError(f"separability needs at least 5 rows per modality, got {n}")
+    x = np.concatenate([text[rng.choice(len(text), n, replace=False)], image[rng.choice(len(image), n, replace=False)]])
+    y = np.concatenate([np.zeros(n), np.ones(n)])
+    order = rng.permutation(2 * n)
+    n_train = int(round(0.8 * 2 * n))
+    train, test = order[:n_train], order[n_train:]
+    xt = torch.from_numpy(x.astype(np.float64))
+    yt = torch.from_numpy(y)
+    centre = xt[train].mean(dim=0)
+    # Unit rows have coordinates of order 1/sqrt(D); rescaling keeps L-BFGS well conditioned.
+    scale = float(xt[train].sub(centre).std()) or 1.0
+    feats = (xt - centre) / scale
+    w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
+    xtr, ytr = feats[train], yt[train]
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logits = xtr @ w[:-1] + w[-1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, ytr) + _L2 * (w[:-1] @ w[:-1])
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        pred = (feats @ w[:-1] + w[-1]) > 0
+        acc_test = float((pred[test] == yt[test].bool()).double().mean())
+        acc_train = float((pred[train] == yt[train].bool()).double().mean())
+    return {
+        "linear_separability": acc_test,
+        "linear_separability_train": acc_train,
+        "separability_rows_per_modality": n,
+    }
+
+
+def _ranks(queries: np.ndarray, gallery: np.ndarray, correct: list[np.ndarray], block: int = 1024) -> np.ndarray:
+    """Rank (1 = best) of each query's best correct gallery item: 1 + #items scoring strictly higher."""
+    ranks = np.empty(len(queries), dtype=np.int64)
+    for s in range(0, len(queries), block):
+        sims = queries[s : s + block] @ gallery.T
+        best = np.array([sims[r, correct[s + r]].max() for r in range(len(sims))], dtype=sims.dtype)
+        ranks[s : s + block] = 1 + (sims > best[:, None]).sum(axis=1)
+    return ranks
+
+
+def retrieval(
+    text_rows: np.ndarray, image_rows: np.ndarray, text_vecs: np.ndarray, image_vecs: np.ndarray
+) -> dict[str, Any]:
+    """Recall@1/5/10 and median rank, text→image and image→text, among the given pairs.
+
+    Pair p joins text row text_rows[p] to image row image_rows[p]; text_vecs / image_vecs are
+    the unit vectors of those rows, in the same order. The gallery of each direction is the set
+    of distinct rows of the other modality in the pairs; a query may have several correct items
+    (one image, five captions), and its rank is that of the best of them.
+    """
+    ut, t_first, t_inv = np.unique(text_rows, return_index=True, return_inverse=True)
+    ui, i_first, i_inv = np.unique(image_rows, return_index=True, return_inverse=True)
+    t_gal = np.ascontiguousarray(text_vecs[t_first])
+    i_gal = np.ascontiguousarray(image_vecs[i_first])
+    t_correct = _groups(t_inv, i_inv, len(ut))
+    i_correct = _groups(i_inv, t_inv, len(ui))
+    out: dict[str, Any] = {"retrieval_texts": len(ut), "retrieval_images": len(ui)}
+    for name, ranks in (
+        ("t2i", _ranks(t_gal, i_gal, t_correct)),
+        ("i2t", _ranks(i_gal, t_gal, i_correct)),
+    ):
+        for k in (1, 5, 10):
+            out[f"recall_at_{k}_{name}"] = float((ranks <= k).mean())
+        out[f"median_rank_{name}"] = float(np.median(ranks))
+    return out
+
+
+def _groups(keys: np.ndarray, values: np.ndarray, n_keys: int) -> list[np.ndarray]:
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(keys[order], np.arange(n_keys + 1))
+    vals = values[order]
+    return [np.unique(vals[bounds[j] : bounds[j + 1]]) for j in range(n_keys)]
+
+
+def cosine_draws(text: np.ndarray, image: np.ndarray, *, seed: int, n: int = 50_000) -> dict[str, np.ndarray]:
+    """Cosines of random pairs: cross (text, image), intra text and intra image (a ≠ b)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(a: np.ndarray, b: np.ndarray, distinct: bool) -> np.ndarray:
+        ia = rng.integers(0, len(a), n)
+        ib = rng.integers(0, len(b), n)
+        if distinct:
+            keep = ia != ib
+            ia, ib = ia[keep], ib[keep]
+        return np.einsum("ij,ij->i", a[ia], b[ib])
+
+    return {
+        "cross": draw(text, image, False),
+        "intra_text": draw(text, text, True),
+        "intra_image": draw(image, image, True),
+    }
+
+
+def pca_2d(text: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Both samples projected on the top two principal axes of the pooled sample.
+
+    Returns (text_xy, image_xy, explained) with `explained` the fraction of the pooled variance
+    on each axis.
+    """
+    pooled = np.concatenate([text, image]).astype(np.float64)
+    centre = pooled.mean(axis=0)
+    cov = np.cov(pooled - centre, rowvar=False, bias=True)
+    vals, vecs = np.linalg.eigh(cov)
+    axes = vecs[:, ::-1][:, :2]
+    total = float(vals.sum()) or 1.0
+    explained = [float(v / total) for v in vals[::-1][:2]]
+    return (text - centre) @ axes, (image - centre) @ axes, explained
+
+
+def sample_spectrum(x: np.ndarray, top: int) -> np.ndarray:
+    """Top covariance eigenvalues of a sample (used when D is too large to stream a D×D matrix)."""
+    centred = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+    # Singular values of the (n, D) sample avoid forming D×D when D ≫ n.
+    sing = np.linalg.svd(centred, compute_uv=False)
+    return (sing**2 / len(x))[:top]

@@ -1,0 +1,200 @@
+"""Exact gap statistics from one streaming pass over every row: centroids, traces, RMG, spectrum.
+
+Everything here comes from per-modality sums over the unit rows, accumulated in float64:
+the count, the vector sum, the sum of squared norms and (for D ≤ `MAX_COVARIANCE_DIM`) the
+centred co-moment matrix, merged chunk by chunk with Chan's formula. Memory is one chunk plus
+a D×D matrix, whatever the number of rows.
+
+The relative modality gap (Schrodi et al., 2024) with d(u, v) = (1 − cos(u, v)) / 2 is exact
+from those sums: over all cross pairs, mean cos = (Σt · Σi) / (N_t N_i); over pairs i ≠ j of
+one modality, mean cos = (‖Σx‖² − Σ‖x‖²) / (N (N − 1)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from revision.diagnose.sources import VectorSource, unit_rows
+from revision.errors import UserError
+
+# A float64 D×D co-moment is 32 MiB at D = 2048; beyond that the spectrum comes from the sample.
+MAX_COVARIANCE_DIM = 2048
+SPECTRUM_TOP = 64
+
+
+@dataclass
+class RowSums:
+    """Sums over unit rows of one modality (float64). `comoment` is Σ (x − mean)(x − mean)ᵀ."""
+
+    dim: int
+    n: int = 0
+    total: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sq_norms: float = 0.0
+    comoment: np.ndarray | None = None
+    with_covariance: bool = True
+
+    def __post_init__(self) -> None:
+        if self.total.size == 0:
+            self.total = np.zeros(self.dim, dtype=np.float64)
+        if self.with_covariance and self.comoment is None:
+            self.comoment = np.zeros((self.dim, self.dim), dtype=np.float64)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / max(self.n, 1)
+
+    def add(self, x: np.ndarray) -> None:
+        """Fold in a block of unit float32 rows."""
+        m = len(x)
+        if m == 0:
+            return
+        block_total = x.sum(axis=0, dtype=np.float64)
+        self.sq_norms += float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+        if self.comoment is not None:
+            block_mean = block_total / m
+            # Centre in float32 around the block's own mean, multiply in float32 (4x faster than
+            # float64 on CPUs), and merge in float64: the error stays at the block's scale.
+            centred = x - block_mean.astype(np.float32)
+            block_m2 = (centred.T @ centred).astype(np.float64)
+            delta = block_mean - self.mean
+            n = self.n
+            self.comoment += block_m2 + np.outer(delta, delta) * (n * m / (n + m))
+        self.total += block_total
+        self.n += m
+
+    def merge(self, other: RowSums) -> RowSums:
+        """The sums of both sets of rows (Chan's merge for the co-moment)."""
+        out = RowSums(self.dim, with_covariance=self.comoment is not None and other.comoment is not None)
+        out.n = self.n + other.n
+        out.total = self.total + other.total
+        out.sq_norms = self.sq_norms + other.sq_norms
+        if out.comoment is not None and self.comoment is not None and other.comoment is not None:
+            delta = other.mean - self.mean
+            w = self.n * other.n / max(out.n, 1)
+            out.comoment = self.comoment + other.comoment + np.outer(delta, delta) * w
+        return out
+
+    @property
+    def trace(self) -> float:
+        """Total variance (population form): mean ‖x − μ‖²."""
+        if self.n == 0:
+            return float("nan")
+        return self.sq_norms / self.n - float(self.mean @ self.mean)
+
+    def mean_intra_cosine(self) -> float:
+        """Mean cos(x_a, x_b) over ordered pairs a ≠ b."""
+        if self.n < 2:
+            return float("nan")
+        return (float(self.total @ self.total) - self.sq_norms) / (self.n * (self.n - 1))
+
+    def eigenvalues(self) -> np.ndarray | None:
+        """Covariance eigenvalues, largest first (None when the co-moment was not kept)."""
+        if self.comoment is None or self.n == 0:
+            return None
+        vals = np.linalg.eigvalsh(self.comoment / self.n)[::-1]
+        return np.clip(vals, 0.0, None)
+
+
+def sums_of_blocks(blocks: Iterable[np.ndarray], dim: int, *, with_covariance: bool = True) -> RowSums:
+    """RowSums of unit rows given block by block."""
+    acc = RowSums(dim, with_covariance=with_covariance)
+    for block in blocks:
+        acc.add(block)
+    return acc
+
+
+def stream_sums(src: VectorSource, *, block_rows: int | None = None, progress: Any = None) -> RowSums:
+    """One pass over every row of `src`: the RowSums of its unit rows."""
+    with_cov = src.dim <= MAX_COVARIANCE_DIM
+    acc = RowSums(src.dim, with_covariance=with_cov)
+    for _, block in src.iter_chunks(block_rows=block_rows):
+        acc.add(unit_rows(block, src.dtype))
+        if progress is not None:
+            progress.update(len(block))
+    return acc
+
+
+def stream_paired_cosine(
+    text: VectorSource, image: VectorSource, *, block_rows: int | None = None
+) -> tuple[int, float]:
+    """Σ cos(text_r, image_r) over rows r, streaming both stores in step (identity pairing)."""
+    if text.rows != image.rows:
+        raise UserError(f"identity pairing needs equal row counts, got {text.rows} and {image.rows}")
+    step = block_rows or 65536
+    total = 0.0
+    for start in range(0, text.rows, step):
+        stop = min(start + step, text.rows)
+        t = unit_rows(_read_range(text, start, stop), text.dtype)
+        i = unit_rows(_read_range(image, start, stop), image.dtype)
+        total += float(np.einsum("ij,ij->", t, i, dtype=np.float64))
+    return text.rows, total
+
+
+def _read_range(src: VectorSource, start: int, stop: int) -> np.ndarray:
+    read = getattr(src, "read", None)
+    if read is not None:
+        return np.asarray(read(start, stop))
+    return np.concatenate([b for _, b in src.iter_chunks(start=start, stop=stop)])
+
+
+def dissimilarity(cos: float) -> float:
+    """d(u, v) = (1 − cos) / 2, in [0, 1]."""
+    return (1.0 - cos) / 2.0
+
+
+def relative_gap(cross_cos: float, intra_cos_a: float, intra_cos_b: float) -> float:
+    """RMG = d_cross / (mean(d_intra_a, d_intra_b) + d_cross); 0.5 means no gap."""
+    cross = dissimilarity(cross_cos)
+    intra = (dissimilarity(intra_cos_a) + dissimilarity(intra_cos_b)) / 2.0
+    denom = intra + cross
+    return cross / denom if denom > 0 else float("nan")
+
+
+def anisotropy(eigs: np.ndarray | None, mean_cos: float) -> dict[str, float | None]:
+    """How far a modality is from isotropic: top-eigenvalue share, effective rank, mean cosine."""
+    out: dict[str, float | None] = {"mean_cosine": mean_cos, "top1_fraction": None, "effective_rank": None}
+    if eigs is not None and eigs.sum() > 0:
+        p = eigs / eigs.sum()
+        nz = p[p > 0]
+        out["top1_fraction"] = float(p[0])
+        out["effective_rank"] = float(math.exp(-(nz * np.log(nz)).sum()))
+    return out
+
+
+def gap_metrics(text: RowSums, image: RowSums) -> dict[str, Any]:
+    """The streamed metrics for one text-like set against the image set."""
+    mu_t, mu_i = text.mean, image.mean
+    gap = float(np.linalg.norm(mu_i - mu_t))
+    nt, ni = float(np.linalg.norm(mu_t)), float(np.linalg.norm(mu_i))
+    cross_cos = float(mu_t @ mu_i)
+    intra_t, intra_i = text.mean_intra_cosine(), image.mean_intra_cosine()
+    eig_t, eig_i = text.eigenvalues(), image.eigenvalues()
+    return {
+        "rows_text": text.n,
+        "rows_image": image.n,
+        "centroid_gap": gap,
+        "centroid_cosine": cross_cos / (nt * ni) if nt > 0 and ni > 0 else float("nan"),
+        "trace_text": text.trace,
+        "trace_image": image.trace,
+        "trace_ratio": text.trace / image.trace if image.trace > 0 else float("nan"),
+        "mean_cross_cosine": cross_cos,
+        "mean_intra_cosine_text": intra_t,
+        "mean_intra_cosine_image": intra_i,
+        "rmg": relative_gap(cross_cos, intra_t, intra_i),
+        "spectrum_text": None if eig_t is None else eig_t[:SPECTRUM_TOP].tolist(),
+        "spectrum_image": None if eig_i is None else eig_i[:SPECTRUM_TOP].tolist(),
+        "anisotropy_text": anisotropy(eig_t, intra_t),
+        "anisotropy_image": anisotropy(eig_i, intra_i),
+    }
+
+
+def paired_gap(n_pairs: int, sum_pair_cos: float, text: RowSums, image: RowSums) -> float:
+    """Schrodi et al.'s paired RMG: mean matched-pair d over (mean intra d + that term)."""
+    if n_pairs == 0:
+        return float("nan")
+    return relative_gap(sum_pair_cos / n_pairs, text.mean_intra_cosine(), image.mean_intra_cosine())
