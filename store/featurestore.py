@@ -393,6 +393,11 @@ class FeatureStore:
             chunk = int(idx[group[0]] // self.chunk_rows)
             lo = chunk * self.chunk_rows
             hi = min(self._rows, lo + self.chunk_rows)
+            if self.codec == "none" and len(group) * 8 < hi - lo:
+                # Few rows of an uncompressed chunk: positioned reads of just those rows.
+                for g in group:
+                    reader.read_into(out[g : g + 1], int(idx[g]), int(idx[g]) + 1)
+                continue
             rows = reader.read_chunk(chunk) if self.codec != "none" else self.read(lo, hi)
             out[group] = rows[idx[group] - lo]
         return out
