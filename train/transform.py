@@ -1,0 +1,83 @@
+"""Collate-time ReAlign: apply frozen alignment stats to each batch of embeddings on the fly.
+
+With this, an un-aligned text store feeds training directly, without writing an aligned copy: the
+DataLoader worker gathers raw rows and maps them with `revision.kernels.realign_apply` (pass 3 of
+ReAlign, `out = u(u(mu_i + s (u(y) - mu_t)) - mu_hat + mu_i)`), using stats fitted beforehand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+# Accepted spellings of each statistic: ours, then the reference's `trace_stats.pkl` names.
+_KEYS = {
+    "mu_t": ("mu_t", "mu_txt", "mu_text"),
+    "mu_i": ("mu_i", "mu_img", "mu_image"),
+    "scale": ("scale", "s"),
+    "mu_hat": ("mu_hat",),
+}
+
+
+def _get(stats: Any, names: tuple[str, ...]) -> Any:
+    for name in names:
+        if isinstance(stats, Mapping) and name in stats:
+            return stats[name]
+        if not isinstance(stats, Mapping) and hasattr(stats, name):
+            return getattr(stats, name)
+    raise KeyError(f"alignment stats lack {names[0]!r} (also looked for {', '.join(names[1:]) or 'nothing else'})")
+
+
+@dataclass(frozen=True, eq=False)
+class RealignTransform:
+    """Callable (B, D) tensor → (B, D) aligned tensor of `out_dtype` (unit rows)."""
+
+    mu_t: torch.Tensor
+    """(D,) float64: mean of the normalised text rows."""
+    mu_i: torch.Tensor
+    """(D,) float64: mean of the normalised image rows."""
+    scale: float
+    """sqrt(T_i / T_t)."""
+    mu_hat: torch.Tensor
+    """(D,) float64: centroid of the projected text rows."""
+    out_dtype: torch.dtype = torch.float32
+    """dtype of the aligned rows."""
+
+    def __post_init__(self) -> None:
+        dims = {t.shape for t in (self.mu_t, self.mu_i, self.mu_hat)}
+        if len(dims) != 1 or len(next(iter(dims))) != 1:
+            raise ValueError(f"alignment stats: mu_t, mu_i, mu_hat must be (D,) vectors of one D, got {sorted(dims)}")
+        if not np.isfinite(self.scale) or self.scale <= 0:
+            raise ValueError(f"alignment stats: scale must be a positive finite number, got {self.scale}")
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, Any] | Any, *, out_dtype: torch.dtype = torch.float32) -> RealignTransform:
+        """From a dict or object holding mu_t, mu_i, scale, mu_hat (the reference's mu_txt/mu_img also work)."""
+
+        def vec(name: str) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(_get(stats, _KEYS[name]), dtype=np.float64).ravel())
+
+        return cls(vec("mu_t"), vec("mu_i"), float(_get(stats, _KEYS["scale"])), vec("mu_hat"), out_dtype)
+
+    @property
+    def dim(self) -> int:
+        return int(self.mu_t.shape[0])
+
+    def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
+        from revision.kernels import realign_apply  # the kernels package chooses Triton or torch
+
+        if embeds.ndim != 2 or embeds.shape[1] != self.dim:
+            raise ValueError(f"ReAlign transform: embeddings of shape {tuple(embeds.shape)}, stats of dim {self.dim}")
+        dev = embeds.device
+        return realign_apply(
+            embeds,
+            self.mu_t.to(dev),
+            self.mu_i.to(dev),
+            self.scale,
+            self.mu_hat.to(dev),
+            out_dtype=self.out_dtype,
+        )
