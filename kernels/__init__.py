@@ -1,1 +1,46 @@
-"""Per-chunk arithmetic (statistics, ReAlign transform, baselines): Triton kernels with torch references."""
+"""Per-chunk arithmetic (statistics, ReAlign transform, baselines): Triton kernels with torch references.
+
+Each op has a float64 torch reference (`<op>_ref`, the specification), a fast torch path for
+CPUs (`<op>_torch`), a Triton kernel (`<op>_triton`) and a dispatch (`<op>`) that picks the
+kernel for CUDA tensors when Triton is installed; `REVISION_KERNELS=triton|torch|ref` forces one.
+"""
+
+from __future__ import annotations
+
+from revision.kernels.backend import select_backend, triton_available
+from revision.kernels.moments import Moments, merge_moments
+from revision.kernels.nonfinite import first_nonfinite_row, first_nonfinite_row_ref
+from revision.kernels.normalize import normalize_rows, normalize_rows_ref, normalize_rows_torch, normalize_rows_triton
+from revision.kernels.realign_apply import realign_apply, realign_apply_ref, realign_apply_torch, realign_apply_triton
+from revision.kernels.realign_centroid import (
+    realign_centroid,
+    realign_centroid_ref,
+    realign_centroid_torch,
+    realign_centroid_triton,
+)
+from revision.kernels.row_stats import row_stats, row_stats_ref, row_stats_torch, row_stats_triton
+
+__all__ = [
+    "Moments",
+    "first_nonfinite_row",
+    "first_nonfinite_row_ref",
+    "merge_moments",
+    "normalize_rows",
+    "normalize_rows_ref",
+    "normalize_rows_torch",
+    "normalize_rows_triton",
+    "realign_apply",
+    "realign_apply_ref",
+    "realign_apply_torch",
+    "realign_apply_triton",
+    "realign_centroid",
+    "realign_centroid_ref",
+    "realign_centroid_torch",
+    "realign_centroid_triton",
+    "row_stats",
+    "row_stats_ref",
+    "row_stats_torch",
+    "row_stats_triton",
+    "select_backend",
+    "triton_available",
+]

@@ -1,0 +1,45 @@
+"""Argument checks shared by the launchers: shapes, dtypes, devices and contiguity, as ValueError."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+ROW_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_rows(op: str, *, require_contiguous: bool = True, **tensors: torch.Tensor) -> None:
+    """Each tensor must be (n, D) fp16/bf16/fp32 with unit column stride (rows may be strided)."""
+    for name, x in tensors.items():
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(f"{op}: {name} must be 2-D (n, D), got shape {tuple(x.shape)}")
+        if x.dtype not in ROW_DTYPES:
+            raise ValueError(f"{op}: {name} dtype {x.dtype} not supported (float16, bfloat16, float32)")
+        if require_contiguous and x.shape[0] > 0 and x.shape[1] > 1 and x.stride(1) != 1:
+            raise ValueError(f"{op}: {name} must be row-contiguous (stride {tuple(x.stride())})")
+        if require_contiguous and x.shape[0] > 1 and x.stride(0) < x.shape[1]:
+            raise ValueError(f"{op}: {name} rows overlap (stride {tuple(x.stride())})")
+
+
+def check_vector(op: str, name: str, v: torch.Tensor, dim: int) -> None:
+    """v must be a floating (D,) tensor."""
+    if not isinstance(v, torch.Tensor):
+        raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(v).__name__}")
+    if tuple(v.shape) != (dim,):
+        raise ValueError(f"{op}: {name} must have shape ({dim},), got {tuple(v.shape)}")
+    if not v.is_floating_point():
+        raise ValueError(f"{op}: {name} must be floating point (float64 expected), got {v.dtype}")
+
+
+def interpreter_or_cuda(op: str, x: torch.Tensor) -> None:
+    """Triton runs on CUDA tensors, or on CPU tensors under the interpreter (TRITON_INTERPRET=1)."""
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError(f"{op}: tensor on device {x.device}; Triton needs CUDA (or TRITON_INTERPRET=1 on CPU)")
+
+
+def check_out_dtype(op: str, out_dtype: torch.dtype) -> None:
+    if out_dtype not in ROW_DTYPES:
+        raise ValueError(f"{op}: out_dtype {out_dtype} not supported (float16, bfloat16, float32)")

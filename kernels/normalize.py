@@ -1,0 +1,87 @@
+"""normalize_rows: the reference's L2 row normalisation, x: (n, D) fp16/bf16/fp32 → (n, D) float32."""
+
+from __future__ import annotations
+
+import torch
+
+from revision.kernels.backend import select_backend, triton_available
+from revision.kernels.launch import check_rows, interpreter_or_cuda
+from revision.kernels.rows_cpu import tiles, unit_rows_
+from revision.kernels.unit_rule import unit_rows_ref
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    from revision.kernels.triton_rows import row_blocks, unit_rows
+
+
+def normalize_rows_ref(x: torch.Tensor) -> torch.Tensor:
+    """x: (n, D) any float dtype → (n, D) float32 unit rows (computed in float64)."""
+    return unit_rows_ref(x).to(torch.float32)
+
+
+if triton_available():
+
+    @triton.jit
+    def _normalize_rows_kernel(
+        X_ptr,  # (n_rows, dim) fp16/bf16/fp32, row stride stride_x
+        Y_ptr,  # (n_rows, dim) fp32, contiguous
+        n_rows,
+        dim,
+        stride_x,
+        BLOCK_M: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        cols = tl.arange(0, BLOCK_D)
+        mask = (rows < n_rows)[:, None] & (cols < dim)[None, :]
+        # Upcast right after the load: all arithmetic in fp32 (the interpreter mishandles bf16 math).
+        x = tl.load(X_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        y = unit_rows(x, True)
+        tl.store(Y_ptr + rows[:, None] * dim + cols[None, :], y, mask=mask)
+
+
+def normalize_rows_triton(x: torch.Tensor) -> torch.Tensor:
+    """The Triton kernel; x on CUDA (or CPU under TRITON_INTERPRET=1), row-contiguous."""
+    check_rows("normalize_rows_triton", x=x)
+    interpreter_or_cuda("normalize_rows_triton", x)
+    n, d = x.shape
+    y = torch.empty(n, d, dtype=torch.float32, device=x.device)
+    if n == 0:
+        return y
+    block_m, block_d, warps = row_blocks(d)
+    grid = (triton.cdiv(n, block_m),)
+    _normalize_rows_kernel[grid](x, y, n, d, x.stride(0), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
+    return y
+
+
+def normalize_rows_torch(x: torch.Tensor) -> torch.Tensor:
+    """The fast torch path: one fp32 conversion per tile, in-place scaling while the tile is cached."""
+    check_rows("normalize_rows", x=x, require_contiguous=False)
+    n, d = x.shape
+    if x.dtype == torch.float32:
+        y = x.clone(memory_format=torch.contiguous_format)
+        for s, e in tiles(n, d):
+            unit_rows_(y[s:e])
+        return y
+    y = torch.empty(n, d, dtype=torch.float32, device=x.device)
+    for s, e in tiles(n, d):
+        tile = y[s:e]
+        tile.copy_(x[s:e])
+        unit_rows_(tile)
+    return y
+
+
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """x: (n, D) fp16/bf16/fp32 → (n, D) float32 unit rows (NaN/±Inf → 0; norm < 1e-10 left as is)."""
+    backend = select_backend(x)
+    if backend == "triton":
+        return normalize_rows_triton(x)
+    if backend == "ref":
+        return normalize_rows_ref(x)
+    return normalize_rows_torch(x)
+
+
+__all__ = ["normalize_rows", "normalize_rows_ref", "normalize_rows_torch", "normalize_rows_triton"]

@@ -1,0 +1,168 @@
+"""realign_apply (ReAlign pass 3): out = u(h − mu_hat + mu_i), h = u(mu_i + s · (u(y) − mu_t)).
+
+y: (n, D) fp16/bf16/fp32 → (n, D) in `out_dtype` (float32 by default), unit rows. The kernel
+reads each row once and writes it once; nothing else touches memory.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from revision.kernels.backend import select_backend, triton_available
+from revision.kernels.launch import check_out_dtype, check_rows, interpreter_or_cuda
+from revision.kernels.realign_project import (
+    ProjectionTorch,
+    Scale,
+    check_means,
+    check_scale,
+    realign_project_ref,
+)
+from revision.kernels.rows_cpu import TileBuffers, inverse_norms_, tiles
+from revision.kernels.unit_rule import unit_rows_ref
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    from revision.kernels.realign_project import project_rows
+    from revision.kernels.triton_rows import row_blocks, unit_rows
+
+
+def realign_apply_ref(
+    y: torch.Tensor,
+    mu_t: torch.Tensor,
+    mu_i: torch.Tensor,
+    scale: Scale,
+    mu_hat: torch.Tensor,
+    *,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The specification, in float64, cast once to `out_dtype`."""
+    h = realign_project_ref(y, mu_t, mu_i, scale)
+    shift = mu_i.to(y.device, torch.float64) - mu_hat.to(y.device, torch.float64)
+    return unit_rows_ref(h + shift).to(out_dtype)
+
+
+if triton_available():
+
+    @triton.jit
+    def _realign_apply_kernel(
+        Y_ptr,  # (n_rows, dim) fp16/bf16/fp32, row stride stride_y
+        MU_T_ptr,  # (dim,) fp32
+        MU_I_ptr,  # (dim,) fp32
+        SHIFT_ptr,  # (dim,) fp32: mu_i − mu_hat
+        OUT_ptr,  # (n_rows, dim) out dtype, contiguous
+        n_rows,
+        dim,
+        stride_y,
+        scale,
+        BLOCK_M: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        cols = tl.arange(0, BLOCK_D)
+        col_ok = cols < dim
+        mask = (rows < n_rows)[:, None] & col_ok[None, :]
+        mu_t = tl.load(MU_T_ptr + cols, mask=col_ok, other=0.0)
+        mu_i = tl.load(MU_I_ptr + cols, mask=col_ok, other=0.0)
+        shift = tl.load(SHIFT_ptr + cols, mask=col_ok, other=0.0)
+        x = tl.load(Y_ptr + rows[:, None] * stride_y + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = project_rows(x, mu_t, mu_i, scale)
+        out = unit_rows(h + shift[None, :], True)
+        tl.store(OUT_ptr + rows[:, None] * dim + cols[None, :], out.to(OUT_ptr.dtype.element_ty), mask=mask)
+
+
+def realign_apply_triton(
+    y: torch.Tensor,
+    mu_t: torch.Tensor,
+    mu_i: torch.Tensor,
+    scale: Scale,
+    mu_hat: torch.Tensor,
+    *,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The Triton kernel (float scale); a matrix scale runs the projection through cuBLAS instead."""
+    check_rows("realign_apply_triton", y=y)
+    interpreter_or_cuda("realign_apply_triton", y)
+    check_out_dtype("realign_apply_triton", out_dtype)
+    n, d = y.shape
+    check_means("realign_apply_triton", d, mu_t=mu_t, mu_i=mu_i, mu_hat=mu_hat)
+    s = check_scale("realign_apply_triton", scale, d)
+    shift = mu_i.to(y.device, torch.float64) - mu_hat.to(y.device, torch.float64)
+    if isinstance(s, torch.Tensor):
+        from revision.kernels.normalize import normalize_rows
+        from revision.kernels.realign_centroid import _project_matrix_device
+
+        h = _project_matrix_device(y, mu_t, mu_i, s)
+        h += shift.to(torch.float32)
+        return normalize_rows(h).to(out_dtype)
+    out = torch.empty(n, d, dtype=out_dtype, device=y.device)
+    if n == 0:
+        return out
+    block_m, block_d, warps = row_blocks(d)
+    _realign_apply_kernel[(triton.cdiv(n, block_m),)](
+        y,
+        mu_t.to(y.device, torch.float32).contiguous(),
+        mu_i.to(y.device, torch.float32).contiguous(),
+        shift.to(torch.float32).contiguous(),
+        out, n, d, y.stride(0), s,
+        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
+def realign_apply_torch(
+    y: torch.Tensor,
+    mu_t: torch.Tensor,
+    mu_i: torch.Tensor,
+    scale: Scale,
+    mu_hat: torch.Tensor,
+    *,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The fast torch path: per cached tile, projection, shift and final scaling written to `out`."""
+    check_rows("realign_apply", y=y, require_contiguous=False)
+    check_out_dtype("realign_apply", out_dtype)
+    n, d = y.shape
+    check_means("realign_apply", d, mu_t=mu_t, mu_i=mu_i, mu_hat=mu_hat)
+    s = check_scale("realign_apply", scale, d)
+    if y.device.type != "cpu":
+        return realign_apply_ref(y, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype)
+    out = torch.empty(n, d, dtype=out_dtype)
+    project = ProjectionTorch(mu_t, mu_i, s)
+    shift = (mu_i.to("cpu", torch.float64) - mu_hat.to("cpu", torch.float64)).float()
+    buffers = TileBuffers(d)
+    for start, stop in tiles(n, d):
+        h, r2 = project(buffers.load(y[start:stop]))
+        g = torch.addcmul(shift, h, r2[:, None], out=h)
+        r3 = inverse_norms_(g)
+        torch.mul(g, r3[:, None], out=out[start:stop])
+    return out
+
+
+def realign_apply(
+    y: torch.Tensor,
+    mu_t: torch.Tensor,
+    mu_i: torch.Tensor,
+    scale: Scale,
+    mu_hat: torch.Tensor,
+    *,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """y: (n, D) fp16/bf16/fp32; mu_t, mu_i, mu_hat: f64 (D,); scale: float or f64 (D, D).
+
+    → (n, D) `out_dtype`, unit rows: u(h − mu_hat + mu_i) with h = u(mu_i + scale · (u(y) − mu_t)).
+    """
+    backend = select_backend(y)
+    if backend == "triton":
+        return realign_apply_triton(y, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype)
+    if backend == "ref":
+        n, d = y.shape
+        check_means("realign_apply_ref", d, mu_t=mu_t, mu_i=mu_i, mu_hat=mu_hat)
+        s = check_scale("realign_apply_ref", scale, d)
+        return realign_apply_ref(y, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype)
+    return realign_apply_torch(y, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype)
+
+
+__all__ = ["realign_apply", "realign_apply_ref", "realign_apply_torch", "realign_apply_triton"]

@@ -1,0 +1,93 @@
+"""The ReAlign projection h = u(mu_i + s · (u(y) − mu_t)), shared by realign_centroid and realign_apply.
+
+`scale` is a float s (ReAlign) or a (D, D) float64 matrix A (realign-ot, h = u(mu_i + (u(y) − mu_t) @ A)).
+Holds the float64 reference, the tile step of the fast torch path and the Triton device function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from revision.kernels.backend import triton_available
+from revision.kernels.launch import check_vector
+from revision.kernels.rows_cpu import inverse_norms_
+from revision.kernels.unit_rule import unit_rows_ref
+
+if triton_available():
+    # The interpreter looks triton.language up in the jit function's module globals.
+    import triton.language as tl  # noqa: F401
+
+    from revision.kernels.triton_rows import unit_rows
+
+Scale = float | torch.Tensor
+
+
+def check_scale(op: str, scale: Scale, dim: int) -> float | torch.Tensor:
+    """A python float, a 0-d tensor (→ float) or a (D, D) matrix; anything else is a ValueError."""
+    if isinstance(scale, torch.Tensor):
+        if scale.dim() == 0:
+            return float(scale.item())
+        if tuple(scale.shape) != (dim, dim):
+            raise ValueError(f"{op}: scale matrix must be ({dim}, {dim}), got {tuple(scale.shape)}")
+        if not scale.is_floating_point():
+            raise ValueError(f"{op}: scale matrix must be floating point, got {scale.dtype}")
+        return scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(f"{op}: scale must be a float or a (D, D) tensor, got {type(scale).__name__}")
+    return float(scale)
+
+
+def check_means(op: str, dim: int, **vectors: torch.Tensor) -> None:
+    for name, v in vectors.items():
+        check_vector(op, name, v, dim)
+
+
+def realign_project_ref(y: torch.Tensor, mu_t: torch.Tensor, mu_i: torch.Tensor, scale: Scale) -> torch.Tensor:
+    """y: (n, D) → h: (n, D) float64 unit rows, all arithmetic in float64."""
+    centred = unit_rows_ref(y) - mu_t.to(y.device, torch.float64)
+    if isinstance(scale, torch.Tensor) and scale.dim() == 2:
+        moved = centred @ scale.to(y.device, torch.float64)
+    else:
+        moved = centred * float(scale)
+    return unit_rows_ref(mu_i.to(y.device, torch.float64) + moved)
+
+
+class ProjectionTorch:
+    """The fast torch step for one (mu_t, mu_i, scale): fp32 tile in → h (unscaled) and its row factors."""
+
+    def __init__(self, mu_t: torch.Tensor, mu_i: torch.Tensor, scale: float | torch.Tensor) -> None:
+        self.matrix: torch.Tensor | None = None
+        if isinstance(scale, torch.Tensor):
+            # realign-ot: h = (mu_i − mu_t @ A) + u(y) @ A, the matrix product in fp32.
+            a64 = scale.to("cpu", torch.float64)
+            self.matrix = a64.to(torch.float32)
+            self.offset = (mu_i.to("cpu", torch.float64) - mu_t.to("cpu", torch.float64) @ a64).float()
+            self.scale = 1.0
+        else:
+            self.scale = float(scale)
+            self.offset = (mu_i.to("cpu", torch.float64) - self.scale * mu_t.to("cpu", torch.float64)).float()
+
+    def __call__(self, tile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tile: (t, D) fp32, raw input rows → (h, r2): unit projected rows are h * r2[:, None].
+
+        Edits `tile` in place; `h` may be `tile` itself.
+        """
+        r = inverse_norms_(tile)
+        if self.matrix is None:
+            coef = (r * self.scale)[:, None]
+            h = torch.addcmul(self.offset, tile, coef, out=tile)
+        else:
+            tile.mul_(r[:, None])
+            h = torch.addmm(self.offset, tile, self.matrix)
+        return h, inverse_norms_(h)
+
+
+if triton_available():
+    import triton
+
+    @triton.jit
+    def project_rows(x, mu_t, mu_i, s):
+        """x: (BLOCK_M, BLOCK_D) fp32 raw rows; mu_t, mu_i: (BLOCK_D,) fp32, 0 past D → unit h rows."""
+        y = unit_rows(x, True)
+        h = mu_i[None, :] + s * (y - mu_t[None, :])
+        return unit_rows(h, True)

@@ -1,0 +1,178 @@
+"""row_stats: per-chunk moments (count, mean, M2, optional co-moment) of optionally normalised rows.
+
+x: (n, D) fp16/bf16/fp32 → `Moments` in float64. Pass 1 of ReAlign calls this on every chunk of
+both modalities and merges the results with `merge_moments`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from revision.kernels.backend import select_backend, triton_available
+from revision.kernels.launch import check_rows, interpreter_or_cuda
+from revision.kernels.moments import Moments
+from revision.kernels.normalize import normalize_rows
+from revision.kernels.rows_cpu import TileBuffers, tiles, unit_rows_
+from revision.kernels.unit_rule import unit_rows_ref
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    from revision.kernels.triton_rows import reduction_grid, row_blocks, unit_rows
+
+
+def row_stats_ref(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = False) -> Moments:
+    """The specification, all in float64: rows → (unit rows if `normalize`) → n, mean, M2, co-moment."""
+    n, d = x.shape
+    if n == 0:
+        return Moments.empty(d, second_moment=second_moment, device=x.device)
+    v = unit_rows_ref(x) if normalize else x.to(torch.float64)
+    mean = v.mean(dim=0)
+    c = v - mean
+    m2 = (c * c).sum(dim=0)
+    como = c.T @ c if second_moment else None
+    return Moments(n, mean, m2, como)
+
+
+if triton_available():
+
+    @triton.jit
+    def _row_stats_kernel(
+        X_ptr,  # (n_rows, dim) fp16/bf16/fp32, row stride stride_x
+        COUNT_ptr,  # (n_programs,) int64: rows seen by each program
+        MEAN_ptr,  # (n_programs, dim) f64: each program's mean
+        M2_ptr,  # (n_programs, dim) f64: each program's Σ (x − mean)²
+        n_rows,
+        dim,
+        stride_x,
+        rows_per_program,
+        NORMALIZE: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_D)
+        col_ok = cols < dim
+        first = pid.to(tl.int64) * rows_per_program
+        last = tl.minimum(first + rows_per_program, n_rows)
+        count = tl.zeros((1,), dtype=tl.float64)
+        mean = tl.zeros((BLOCK_D,), dtype=tl.float64)
+        m2 = tl.zeros((BLOCK_D,), dtype=tl.float64)
+        for start in range(first, last, BLOCK_M):
+            rows = start + tl.arange(0, BLOCK_M).to(tl.int64)
+            row_ok = rows < last
+            mask = row_ok[:, None] & col_ok[None, :]
+            x = tl.load(X_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            if NORMALIZE:
+                x = unit_rows(x, True)
+            # The block's own (count, mean, M2) in fp32, two-pass in registers ...
+            cnt = tl.sum(row_ok.to(tl.float32), axis=0)
+            bmean = tl.sum(x, axis=0) / cnt
+            dev = tl.where(mask, x - bmean[None, :], 0.0)
+            bm2 = tl.sum(dev * dev, axis=0)
+            # ... merged into the program's float64 state with Chan's formula.
+            cnt64 = cnt.to(tl.float64)
+            total = count + cnt64
+            delta = bmean.to(tl.float64) - mean
+            mean += delta * (cnt64 / total)
+            m2 += bm2.to(tl.float64) + delta * delta * (count * cnt64 / total)
+            count = total
+        tl.store(COUNT_ptr + pid + tl.arange(0, 1), count.to(tl.int64))
+        tl.store(MEAN_ptr + pid.to(tl.int64) * dim + cols, mean, mask=col_ok)
+        tl.store(M2_ptr + pid.to(tl.int64) * dim + cols, m2, mask=col_ok)
+
+
+def combine_partials(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor) -> Moments:
+    """Exact combination of P partial moments (P,), (P, D), (P, D) in float64, in a fixed order."""
+    counts64 = counts.to(torch.float64)
+    n = int(counts.sum().item())
+    if n == 0:
+        return Moments.empty(means.shape[1], device=means.device)
+    mean = (counts64[:, None] * means).sum(dim=0) / n
+    dev = means - mean
+    m2 = m2s.sum(dim=0) + (counts64[:, None] * dev * dev).sum(dim=0)
+    return Moments(n, mean, m2, None)
+
+
+def row_stats_triton(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = False) -> Moments:
+    """The Triton kernel; the co-moment (second_moment) is a float64 GEMM of the centred unit rows."""
+    check_rows("row_stats_triton", x=x)
+    interpreter_or_cuda("row_stats_triton", x)
+    n, d = x.shape
+    if n == 0:
+        return Moments.empty(d, second_moment=second_moment, device=x.device)
+    if second_moment:
+        return _with_comoment(x, normalize)
+    block_m, block_d, warps = row_blocks(d, elems=4096)
+    programs, per_program = reduction_grid(n, block_m, x.device)
+    counts = torch.empty(programs, dtype=torch.int64, device=x.device)
+    means = torch.empty(programs, d, dtype=torch.float64, device=x.device)
+    m2s = torch.empty(programs, d, dtype=torch.float64, device=x.device)
+    _row_stats_kernel[(programs,)](
+        x, counts, means, m2s, n, d, x.stride(0), per_program,
+        NORMALIZE=normalize, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    return combine_partials(counts, means, m2s)
+
+
+def _with_comoment(x: torch.Tensor, normalize: bool) -> Moments:
+    """Whole-chunk two-pass moments with the D×D co-moment as one float64 GEMM (bounded by the chunk)."""
+    v = normalize_rows(x) if normalize else x
+    v64 = v.to(torch.float64)
+    mean = v64.mean(dim=0)
+    v64 -= mean
+    como = v64.T @ v64
+    m2 = (v64 * v64).sum(dim=0)
+    return Moments(x.shape[0], mean, m2, como)
+
+
+def row_stats_torch(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = False) -> Moments:
+    """The fast torch path: per cache-sized tile, fp32 unit rows → float64 tile moments → Chan merge."""
+    check_rows("row_stats", x=x, require_contiguous=False)
+    n, d = x.shape
+    if n == 0:
+        return Moments.empty(d, second_moment=second_moment, device=x.device)
+    if second_moment:
+        return _with_comoment(x, normalize)
+    buffers = TileBuffers(d, f64=True)
+    assert buffers.f64 is not None
+    count = 0
+    mean = torch.zeros(d, dtype=torch.float64)
+    m2 = torch.zeros(d, dtype=torch.float64)
+    tile_mean = torch.empty(d, dtype=torch.float64)
+    tile_m2 = torch.empty(d, dtype=torch.float64)
+    for s, e in tiles(n, d):
+        t = e - s
+        tile = buffers.load(x[s:e])
+        if normalize:
+            unit_rows_(tile)
+        t64 = buffers.f64[:t]
+        t64.copy_(tile)
+        torch.mean(t64, dim=0, out=tile_mean)
+        t64 -= tile_mean
+        t64 *= t64
+        torch.sum(t64, dim=0, out=tile_m2)
+        total = count + t
+        delta = tile_mean - mean
+        mean.add_(delta, alpha=t / total)
+        m2.add_(tile_m2).add_(delta * delta, alpha=count * (t / total))
+        count = total
+    return Moments(n, mean, m2, None)
+
+
+def row_stats(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = False) -> Moments:
+    """x: (n, D) fp16/bf16/fp32 → Moments(n, mean f64 (D,), m2 f64 (D,), comoment f64 (D, D) | None).
+
+    Rows are first normalised by the reference's rule when `normalize`; per-row values never
+    depend on the chunking and all sums are float64.
+    """
+    backend = select_backend(x)
+    if backend == "triton":
+        return row_stats_triton(x, normalize=normalize, second_moment=second_moment)
+    if backend == "ref":
+        return row_stats_ref(x, normalize=normalize, second_moment=second_moment)
+    return row_stats_torch(x, normalize=normalize, second_moment=second_moment)
+
+
+__all__ = ["row_stats", "row_stats_ref", "row_stats_torch", "row_stats_triton", "combine_partials"]

@@ -1,0 +1,73 @@
+"""Fast torch building blocks for the CPU path: cache-sized row tiles, in-place unit rows in fp32.
+
+A straightforward torch version of each op sweeps the whole chunk through memory once per
+elementary operation. The CPU paths here instead walk the chunk in tiles of a few hundred KiB,
+convert each tile to float32 once into a reused buffer, and do every step of the op on it while
+it sits in the L2 cache. Per-row results depend only on the row (never on the tile or chunk
+it travels in): each step is elementwise or a reduction along the row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from revision.kernels.unit_rule import unit_rows_ref
+
+# fp32 bytes per tile: about half of one core's L2, so a tile and its temporaries stay cached.
+TILE_BYTES = 256 * 1024
+# Rows whose squared norm lies in this range take the fast path x * (1/||x||): no overflow,
+# no precision loss to subnormals, and the norm is well above the 1e-10 floor. Others (zero,
+# tiny, huge or non-finite rows) take the reference rule, row by row.
+_SS_LOW = 1e-19
+_SS_HIGH = 1e36
+
+
+def tile_rows(dim: int, tile_bytes: int = TILE_BYTES) -> int:
+    return max(1, tile_bytes // (4 * max(dim, 1)))
+
+
+def tiles(n: int, dim: int, tile_bytes: int = TILE_BYTES) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges covering 0 … n in cache-sized steps."""
+    step = tile_rows(dim, tile_bytes)
+    for s in range(0, n, step):
+        yield s, min(n, s + step)
+
+
+def inverse_norms_(x: torch.Tensor) -> torch.Tensor:
+    """x: (t, D) fp32 contiguous, edited in place on exceptional rows → (t,) fp32 row factors.
+
+    Returns r such that `x * r[:, None]` is the rule's unit rows. Rows outside the fast range
+    are replaced in `x` by their exact unit rows (from the float64 rule) and get r = 1.
+    """
+    ss = torch.linalg.vecdot(x, x)
+    r = torch.rsqrt(ss)
+    ok = (ss >= _SS_LOW) & (ss <= _SS_HIGH)
+    if not bool(ok.all()):
+        bad = torch.nonzero(~ok).flatten()
+        x[bad] = unit_rows_ref(x[bad]).to(torch.float32)
+        r[bad] = 1.0
+    return r
+
+
+def unit_rows_(x: torch.Tensor) -> torch.Tensor:
+    """x: (t, D) fp32 contiguous → x, scaled in place to unit rows by the rule."""
+    r = inverse_norms_(x)
+    return x.mul_(r[:, None])
+
+
+class TileBuffers:
+    """Reused fp32/fp64 scratch tiles for one op call (allocated once, not per tile)."""
+
+    def __init__(self, dim: int, *, rows: int | None = None, f64: bool = False) -> None:
+        self.rows = rows or tile_rows(dim)
+        self.f32 = torch.empty(self.rows, dim, dtype=torch.float32)
+        self.f64 = torch.empty(self.rows, dim, dtype=torch.float64) if f64 else None
+
+    def load(self, src: torch.Tensor) -> torch.Tensor:
+        """src: (t ≤ rows, D) any float dtype → fp32 view of the scratch tile holding it."""
+        t = src.shape[0]
+        buf = self.f32[:t]
+        buf.copy_(src)
+        return buf

@@ -1,0 +1,97 @@
+"""Triton device functions shared by the kernels: row normalisation, block sizes and counter noise.
+
+Only imported when Triton is; each kernel file guards its own `import triton`. The arithmetic
+here mirrors the torch paths in `rows_cpu.py` and `noise.py` (same rule, same hash), so kernel
+and torch path agree to float32 rounding, and the noise bits are identical.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Above this row width the whole row no longer fits one program's registers.
+MAX_DIM = 32768
+
+
+def row_blocks(dim: int, *, elems: int = 8192) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_D, num_warps) for kernels that hold BLOCK_M whole rows in registers."""
+    if dim > MAX_DIM:
+        raise ValueError(f"dim={dim} exceeds the kernels' maximum row width {MAX_DIM}")
+    block_d = triton.next_power_of_2(max(dim, 16))
+    block_m = max(1, min(128, elems // block_d))
+    warps = 4 if block_m * block_d <= 4096 else 8
+    if block_d >= 16384:
+        warps = 16
+    return block_m, block_d, warps
+
+
+def reduction_grid(n: int, block_m: int, device: torch.device) -> tuple[int, int]:
+    """(programs, rows per program) for kernels that reduce rows into per-program partials.
+
+    A few programs per SM keep HBM busy; each program's row range is a whole number of blocks.
+    Under the interpreter every program instance costs about a millisecond, so use few.
+    """
+    slots = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    programs = max(1, min(triton.cdiv(n, block_m), slots))
+    per_program = triton.cdiv(triton.cdiv(n, programs), block_m) * block_m
+    return triton.cdiv(n, per_program), per_program
+
+
+@triton.jit
+def unit_rows(x, CLEAN: tl.constexpr):
+    """x: (BLOCK_M, BLOCK_D) fp32, masked lanes 0 → rows scaled to unit L2 norm.
+
+    The reference's rule: NaN/±Inf → 0 (when CLEAN), divide by the row's max-abs before the
+    norm so nothing overflows, rows whose norm is below 1e-10 are left as they are.
+    """
+    if CLEAN:
+        # NaN fails every comparison, so one test clears NaN and ±Inf.
+        x = tl.where(tl.abs(x) < float("inf"), x, 0.0)
+    m = tl.max(tl.abs(x), axis=1)
+    safe = tl.where(m > 0.0, m, 1.0)
+    z = x * (1.0 / safe)[:, None]
+    ss = tl.sum(z * z, axis=1)
+    ss_safe = tl.where(ss > 0.0, ss, 1.0)
+    keep = tl.sqrt(ss_safe) * safe < 1e-10
+    r = 1.0 / tl.sqrt(ss_safe)
+    return tl.where(keep[:, None], x, z * r[:, None])
+
+
+@triton.jit
+def mix32(x):
+    """A 32-bit integer finaliser (xor-shift-multiply); x: uint32 tensor → uint32."""
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x5BD1E995
+    x ^= x >> 16
+    return x
+
+
+@triton.jit
+def row_keys(seed_key, rows):
+    """Per-row hash keys: seed_key (scalar, from `noise.seed_key`), rows (BLOCK_M,) int64 global rows."""
+    lo = (rows & 0xFFFFFFFF).to(tl.uint32)
+    hi = (rows >> 32).to(tl.uint32)
+    k = seed_key.to(tl.uint32)
+    return mix32(mix32(k ^ lo) ^ hi)
+
+
+@triton.jit
+def gaussian_noise(row_keys, cols):
+    """Standard normal draws keyed by (row key, column): row_keys (BLOCK_M,) uint32, cols (BLOCK_D,) int32.
+
+    Matches `noise.gaussian_noise_ref`: two 24-bit uniforms per element from the counter hash,
+    then Box-Muller.
+    """
+    c = cols.to(tl.uint32) * 2
+    cm1 = mix32(c ^ 0x2545F491)
+    cm2 = mix32((c + 1) ^ 0x2545F491)
+    v1 = mix32(mix32(row_keys[:, None] ^ cm1[None, :]) ^ cm1[None, :])
+    v2 = mix32(mix32(row_keys[:, None] ^ cm2[None, :]) ^ cm2[None, :])
+    u1 = ((v1 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    u2 = ((v2 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    radius = tl.sqrt(-2.0 * tl.log(u1))
+    return radius * tl.cos(6.283185307179586 * u2)
