@@ -8,7 +8,12 @@ kernel for CUDA tensors when Triton is installed; `REVISION_KERNELS=triton|torch
 from __future__ import annotations
 
 from revision.kernels.backend import select_backend, triton_available
+from revision.kernels.c3 import c3, c3_ref
+from revision.kernels.capdec import capdec, capdec_ref
+from revision.kernels.gap_shift import gap_shift, gap_shift_ref
+from revision.kernels.mean_shift import mean_shift, mean_shift_ref
 from revision.kernels.moments import Moments, merge_moments
+from revision.kernels.noise import gaussian_noise_ref
 from revision.kernels.nonfinite import first_nonfinite_row, first_nonfinite_row_ref
 from revision.kernels.normalize import normalize_rows, normalize_rows_ref, normalize_rows_torch, normalize_rows_triton
 from revision.kernels.realign_apply import realign_apply, realign_apply_ref, realign_apply_torch, realign_apply_triton
@@ -19,9 +24,19 @@ from revision.kernels.realign_centroid import (
     realign_centroid_triton,
 )
 from revision.kernels.row_stats import row_stats, row_stats_ref, row_stats_torch, row_stats_triton
+from revision.kernels.shift_rows import shift_rows, shift_rows_ref, shift_rows_torch, shift_rows_triton
 
 __all__ = [
     "Moments",
+    "c3",
+    "c3_ref",
+    "capdec",
+    "capdec_ref",
+    "gap_shift",
+    "gap_shift_ref",
+    "gaussian_noise_ref",
+    "mean_shift",
+    "mean_shift_ref",
     "first_nonfinite_row",
     "first_nonfinite_row_ref",
     "merge_moments",
@@ -42,5 +57,9 @@ __all__ = [
     "row_stats_torch",
     "row_stats_triton",
     "select_backend",
+    "shift_rows",
+    "shift_rows_ref",
+    "shift_rows_torch",
+    "shift_rows_triton",
     "triton_available",
 ]
