@@ -7,6 +7,7 @@ Each function takes the metrics (as in metrics.json) and figure data keyed by en
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,11 +20,13 @@ import numpy as np  # noqa: E402
 from revision.diagnose.pipeline import EntryFigures  # noqa: E402
 
 _TEXT, _IMAGE, _PAIR = "#d95f02", "#1b9e77", "#7570b3"
+# One colour per entry (raw first) wherever entries are compared side by side.
+_ENTRY_COLOURS = ["#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
 
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -96,12 +99,13 @@ def knn_bars(metrics: Mapping[str, Any]) -> bytes:
     keys = list(metrics)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.6), gridspec_kw={"width_ratios": [1, 2]})
     labels = [metrics[k_].get("label", k_) for k_ in keys]
+    colours = [_ENTRY_COLOURS[j % len(_ENTRY_COLOURS)] for j in range(len(keys))]
     mixing = [metrics[k_]["knn_mixing"] for k_ in keys]
     ideal = metrics[keys[0]]["knn_mixing_ideal"]
-    bars = left.bar(labels, mixing, color=[_TEXT if k_ == "raw" else _PAIR for k_ in keys])
+    bars = left.bar(labels, mixing, color=colours)
     left.bar_label(bars, fmt="%.2f", fontsize=8)
     left.axhline(ideal, color="black", linestyle="--", linewidth=1)
-    left.text(len(keys) - 0.5, ideal, f" ideal {ideal:.2f}", va="bottom", ha="right", fontsize=8)
+    left.text(-0.4, ideal, f"no gap: {ideal:.2f}", va="bottom", ha="left", fontsize=8)
     left.set_ylim(0, max(1.0, max(mixing) * 1.1))
     left.set_ylabel("fraction of neighbours that are images")
     k = metrics[keys[0]]["knn_k"]
@@ -112,7 +116,11 @@ def knn_bars(metrics: Mapping[str, Any]) -> bytes:
         counts = np.asarray(metrics[key]["neighbour_image_counts"], dtype=float)
         frac = counts / max(counts.sum(), 1)
         right.bar(np.arange(len(frac)) + (j - (len(keys) - 1) / 2) * width, frac, width=width,
-                  label=metrics[key].get("label", key))  # fmt: skip
+                  color=colours[j], label=labels[j])  # fmt: skip
+    # Without a gap each neighbour is an image with probability `ideal`, independently enough
+    # that the count is close to binomial: the shape a well-mixed neighbourhood should have.
+    no_gap = [math.comb(k, j) * ideal**j * (1 - ideal) ** (k - j) for j in range(k + 1)]
+    right.plot(np.arange(k + 1), no_gap, "k--", marker="o", markersize=3, linewidth=1, label="no gap (binomial)")
     right.set_xticks(np.arange(k + 1))
     right.set_xlabel(f"image neighbours among a text row's {k} nearest")
     right.set_ylabel("fraction of text queries")

@@ -40,9 +40,11 @@ ROWS: list[tuple[str, str, str]] = [
 ]
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, key: str = "") -> str:
     if value is None:
         return "—"
+    if key.startswith("median_rank"):
+        return f"{value:,.1f}".removesuffix(".0")
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
     return str(value)
@@ -56,7 +58,7 @@ def text_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """The metrics as an aligned plain-text table: one row per metric, one column per entry."""
     keys = list(metrics)
     header = ["metric", *[str(metrics[k].get("label", k)) for k in keys]]
-    lines = [[label, *[_fmt(metrics[k].get(key)) for k in keys]] for key, label, _ in _present_rows(metrics)]
+    lines = [[label, *[_fmt(metrics[k].get(key), key) for k in keys]] for key, label, _ in _present_rows(metrics)]
     widths = [max(len(r[j]) for r in [header, *lines]) for j in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -126,13 +128,19 @@ def reading(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return out
 
 
+_PAIR_KINDS = {
+    "identity": "row r of text with row r of image, ids equal",
+    "ids": "equal ids",
+    "file": "from the pairs file",
+}
+
 _CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1200px; color: #222; line-height: 1.45; padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.8em; }
 table { border-collapse: collapse; font-size: 0.92em; }
 th, td { padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }
-th:first-child, td:first-child { text-align: left; } td.note { color: #777; text-align: left; }
+th:first-child, td:first-child, th:last-child { text-align: left; } td.note { color: #777; text-align: left; }
 thead th { border-bottom: 2px solid #444; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
 .meta { color: #666; font-size: 0.9em; } .reading p { background: #f6f6f2; padding: 0.6em 0.9em; }
@@ -151,7 +159,7 @@ def render_html(metrics: Mapping[str, Mapping[str, Any]], figs: Mapping[str, Ent
     head = "".join(f"<th>{html.escape(str(metrics[k].get('label', k)))}</th>" for k in keys)
     body = []
     for key, label, note in _present_rows(metrics):
-        cells = "".join(f"<td>{_fmt(metrics[k].get(key))}</td>" for k in keys)
+        cells = "".join(f"<td>{_fmt(metrics[k].get(key), key)}</td>" for k in keys)
         body.append(f"<tr><td>{html.escape(label)}</td>{cells}<td class='note'>{html.escape(note)}</td></tr>")
     inputs = raw["inputs"]
     meta = (
@@ -170,7 +178,10 @@ def render_html(metrics: Mapping[str, Mapping[str, Any]], figs: Mapping[str, Ent
     )
     if "pairs" in raw:
         p = raw["pairs"]
-        meta += f" Paired metrics: {p['sampled']:,} pairs ({p['kind']})."
+        meta += (
+            f" Retrieval: {p['sampled']:,} sampled pairs ({_PAIR_KINDS.get(p['kind'], p['kind'])}); "
+            f"paired RMG over {raw['rmg_paired_rows']:,} pairs."
+        )
     pictures = [
         ("Cosine similarity, cross- vs intra-modal", figures.cosine_histograms(metrics, figs),
          "With a modality gap the text–image histogram sits left of both intra-modal ones."),

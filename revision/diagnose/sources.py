@@ -130,7 +130,7 @@ def unit_rows(block: np.ndarray, dtype: str = "float32") -> np.ndarray:
     peak = np.abs(x).max(axis=1, keepdims=True)
     scaled = x / np.where(peak > 0, peak, np.float32(1.0))
     scaled_norm = np.linalg.norm(scaled, axis=1, keepdims=True)
-    keep = scaled_norm * peak < _TINY_NORM
+    keep = scaled_norm * peak.astype(np.float64) < _TINY_NORM  # float64: near-max floats must not overflow
     return np.where(keep, x, scaled / np.where(keep, np.float32(1.0), scaled_norm)).astype(np.float32)
 
 

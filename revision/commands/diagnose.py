@@ -1,0 +1,95 @@
+"""`revision diagnose`: modality-gap metrics of raw (and aligned) text against images, with a report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from revision.errors import UserError
+
+_EPILOG = """\
+example:
+  revision diagnose --text text.zarr --image image.zarr --aligned aligned.zarr --pairs --out diag/
+  revision diagnose --text t.zarr --image i.zarr --aligned realign=a.zarr c3=c.zarr --sample 20000 --out diag/
+
+Writes DIR/metrics.json ({"raw": {...}, "aligned": {...}}) and DIR/report.html (self-contained),
+and prints the metrics table."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "diagnose",
+        help="measure the modality gap (raw vs aligned) and write an HTML report",
+        description="Gap metrics of text vs image stores: exact streamed statistics over all rows "
+        "(centroid gap, traces, relative modality gap, spectrum) and FAISS / classifier metrics on "
+        "seeded samples (k-NN mixing, separability, retrieval recall).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--text", required=True, metavar="STORE", help="text feature store (raw)")
+    p.add_argument("--image", required=True, metavar="STORE", help="image feature store")
+    p.add_argument(
+        "--aligned",
+        nargs="+",
+        default=None,
+        metavar="[NAME=]STORE",
+        help="aligned text store(s); NAME defaults to the folder name",
+    )
+    pairing = p.add_mutually_exclusive_group()
+    pairing.add_argument(
+        "--pairs", action="store_true", help="text and image rows with equal ids are pairs (adds recall@k)"
+    )
+    pairing.add_argument(
+        "--pairs-file", metavar="F", help="CSV/TSV/Parquet with columns text_id, image_id (adds recall@k)"
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rows per modality for the sampled metrics (default: min(10000, rows))",
+    )
+    p.add_argument("--k", type=int, default=10, help="neighbours for k-NN mixing (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every sample (default: 0)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="FAISS threads (default: the fastest of a quick measurement)"
+    )
+    p.add_argument("--no-gpu", action="store_true", help="never use a FAISS GPU index")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.set_defaults(func=run)
+
+
+def _aligned(specs: list[str] | None) -> dict[str, str] | None:
+    if not specs:
+        return None
+    named: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec.rstrip("/")).stem, spec
+        if not name or not path:
+            raise UserError(f"--aligned {spec}: expected STORE or NAME=STORE")
+        if name in named:
+            raise UserError(f"--aligned {spec}: the name {name!r} is given twice; use NAME=STORE")
+        named[name] = path
+    return named
+
+
+def run(args: argparse.Namespace) -> int:
+    from revision.diagnose import write_outputs
+    from revision.diagnose.pipeline import run_diagnosis
+    from revision.diagnose.report import text_table
+
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: must be at least 1")
+    log = None if args.quiet else (lambda msg: print(f"revision diagnose: {msg}", file=sys.stderr))
+    result = run_diagnosis(
+        args.text, args.image, aligned=_aligned(args.aligned), sample=args.sample, k=args.k, seed=args.seed,
+        pairs=args.pairs, pairs_file=args.pairs_file, gpu=not args.no_gpu, threads=args.threads, log=log,
+    )  # fmt: skip
+    metrics_path, report_path = write_outputs(result, args.out)
+    print(text_table(result.metrics))
+    print(f"\nmetrics: {metrics_path}\nreport:  {report_path}")
+    return 0

@@ -1,0 +1,164 @@
+"""Streamed gap statistics: chunked sums equal in-memory references; closed-form RMG equals brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from revision.diagnose.sources import ArraySource, unit_rows
+from revision.diagnose.streamed import (
+    RowSums,
+    gap_metrics,
+    paired_gap,
+    relative_gap,
+    stream_paired_cosine,
+    stream_sums,
+    sums_of_blocks,
+)
+
+
+def cone(n: int, d: int, axis: np.ndarray, spread: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit rows scattered anisotropically around `axis`."""
+    x = axis + spread * rng.standard_normal((n, d)) * np.linspace(1.5, 0.2, d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def unit_axis(d: int, rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(d)
+    return v / np.linalg.norm(v)
+
+
+def d_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (1.0 - a.astype(np.float64) @ b.astype(np.float64).T) / 2.0
+
+
+def rmg_brute(t: np.ndarray, i: np.ndarray) -> float:
+    """The O(N²) definition: every cross pair, every intra pair a ≠ b."""
+    cross = d_matrix(t, i).mean()
+    dt, di = d_matrix(t, t), d_matrix(i, i)
+    off = lambda m: (m.sum() - np.trace(m)) / (len(m) * (len(m) - 1))  # noqa: E731
+    intra = (off(dt) + off(di)) / 2
+    return float(cross / (intra + cross))
+
+
+def rmg_paired_brute(t: np.ndarray, i: np.ndarray) -> float:
+    pair = np.mean((1.0 - np.einsum("ij,ij->i", t.astype(np.float64), i.astype(np.float64))) / 2)
+    dt, di = d_matrix(t, t), d_matrix(i, i)
+    n = len(t)
+    intra = ((dt.sum() - np.trace(dt)) + (di.sum() - np.trace(di))) / (2 * n * (n - 1))
+    return float(pair / (intra + pair))
+
+
+def rmg_wrong(t: np.ndarray, i: np.ndarray) -> float:
+    """A plausible mistake: intra means over all pairs, the zero diagonal included."""
+    cross = d_matrix(t, i).mean()
+    intra = (d_matrix(t, t).mean() + d_matrix(i, i).mean()) / 2
+    return float(cross / (intra + cross))
+
+
+@pytest.mark.parametrize(("n_t", "n_i", "d"), [(2, 3, 1), (7, 5, 257), (40, 23, 64), (300, 211, 33)])
+def test_closed_form_rmg_equals_brute_force(n_t: int, n_i: int, d: int) -> None:
+    rng = np.random.default_rng(n_t * 1000 + d)
+    t = cone(n_t, d, unit_axis(d, rng), 0.8, rng)
+    i = cone(n_i, d, unit_axis(d, rng), 0.8, rng)
+    got = gap_metrics(sums_of_blocks([t], d), sums_of_blocks([i], d))["rmg"]
+    want = rmg_brute(t, i)
+    assert abs(got - want) < 1e-9, f"closed form {got} vs brute force {want} (diff {abs(got - want):.3g})"
+    # The check must reject a near miss: small samples make the diagonal matter.
+    wrong = rmg_wrong(t, i)
+    assert abs(wrong - got) > 1e-4, f"wrong definition {wrong} indistinguishable from {got}"
+
+
+def test_paired_rmg_equals_brute_force_and_identity_stream() -> None:
+    rng = np.random.default_rng(3)
+    d = 48
+    t = cone(150, d, unit_axis(d, rng), 0.5, rng)
+    i = (t + 0.3 * rng.standard_normal(t.shape)).astype(np.float32)
+    i = unit_rows(i)
+    ts, is_ = sums_of_blocks([t], d), sums_of_blocks([i], d)
+    n, total = stream_paired_cosine(ArraySource(t, block=17), ArraySource(i, block=17), block_rows=29)
+    got = paired_gap(n, total, ts, is_)
+    want = rmg_paired_brute(t, i)
+    assert abs(got - want) < 1e-9, f"paired {got} vs brute force {want}"
+    assert got < 0.5, "pairs closer than random rows must give a paired RMG below 0.5"
+
+
+def test_identical_distributions_give_half() -> None:
+    rng = np.random.default_rng(5)
+    d = 32
+    axis = unit_axis(d, rng)
+    t, i = cone(4000, d, axis, 0.7, rng), cone(4000, d, axis, 0.7, rng)
+    m = gap_metrics(sums_of_blocks([t], d), sums_of_blocks([i], d))
+    assert abs(m["rmg"] - 0.5) < 5e-3, m["rmg"]
+    assert m["centroid_gap"] < 0.05
+    assert abs(m["trace_ratio"] - 1) < 0.05
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    d=st.integers(1, 40),
+    block=st.integers(1, 97),
+    seed=st.integers(0, 2**16),
+)
+def test_streamed_sums_equal_in_memory_reference(n: int, d: int, block: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32) * rng.uniform(0.1, 10, d).astype(np.float32)
+    src = ArraySource(x, block=block)
+    acc = stream_sums(src)
+    u = unit_rows(x).astype(np.float64)
+    mean = u.mean(axis=0)
+    cov = (u - mean).T @ (u - mean) / n
+    assert acc.n == n
+    np.testing.assert_allclose(acc.mean, mean, atol=1e-12)
+    np.testing.assert_allclose(acc.trace, ((u - mean) ** 2).sum(axis=1).mean(), atol=1e-9)
+    assert acc.comoment is not None
+    err = np.abs(acc.comoment / n - cov)
+    assert err.max() < 1e-6, f"covariance max diff {err.max():.3g}, mean {err.mean():.3g}"
+
+
+def test_merge_equals_single_pass() -> None:
+    rng = np.random.default_rng(11)
+    x = unit_rows(rng.standard_normal((257, 9)).astype(np.float32))
+    whole = sums_of_blocks([x], 9)
+    parts = sums_of_blocks([x[:100]], 9).merge(sums_of_blocks([x[100:]], 9))
+    assert parts.n == whole.n
+    np.testing.assert_allclose(parts.total, whole.total, atol=1e-12)
+    # Blocks multiply in float32: agreement to float32 precision of the covariance.
+    np.testing.assert_allclose(parts.comoment / parts.n, whole.comoment / whole.n, atol=1e-7)
+
+
+def test_spectrum_sums_to_trace() -> None:
+    rng = np.random.default_rng(2)
+    d = 24
+    x = cone(500, d, unit_axis(d, rng), 0.6, rng)
+    acc = sums_of_blocks([x[:123], x[123:]], d)
+    eig = acc.eigenvalues()
+    assert eig is not None and np.all(np.diff(eig) <= 1e-12)
+    assert abs(eig.sum() - acc.trace) < 1e-6
+
+
+def test_unit_rows_follows_reference_rule() -> None:
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [np.nan, 2.0], [np.inf, 1.0], [3e38, 3e38], [1e-12, 0.0]], dtype=np.float32)
+    u = unit_rows(x)
+    np.testing.assert_allclose(u[0], [0.6, 0.8], atol=1e-7)
+    assert np.all(u[1] == 0)
+    np.testing.assert_allclose(u[2], [0.0, 1.0])
+    np.testing.assert_allclose(u[3], [0.0, 1.0])
+    np.testing.assert_allclose(u[4], [2**-0.5, 2**-0.5], atol=1e-7)  # no overflow to inf
+    np.testing.assert_allclose(u[5], [1e-12, 0.0])  # below 1e-10: left unscaled
+
+
+def test_bfloat16_bits_are_decoded() -> None:
+    vals = np.array([[1.0, -2.0, 0.5]], dtype=np.float32)
+    bits = (vals.view(np.uint32) >> 16).astype(np.uint16)
+    u = unit_rows(bits, "bfloat16")
+    np.testing.assert_allclose(u[0], vals[0] / np.linalg.norm(vals[0]), atol=1e-7)
+
+
+def test_relative_gap_extremes() -> None:
+    assert relative_gap(1.0, 1.0, 1.0) != relative_gap(1.0, 1.0, 1.0)  # nan: all points identical
+    assert relative_gap(-1.0, 1.0, 1.0) == 1.0
+    assert isinstance(RowSums(3).trace, float)
