@@ -1,0 +1,413 @@
+"""Ingest: reference pickles, clip-retrieval npy + parquet, or parquet → a feature store.
+
+A new DEST is built under a staging directory next to it (`.<name>.ingest/`) and renamed into place
+only when complete, so DEST never exists half-written. The staging store commits after every input
+file and about every shard, recording `progress = {"job": "ingest", "key": …, "file": i, "item": k}`;
+re-running the same ingest (same inputs and options → same key) continues from there and produces
+the same store as an uninterrupted run. An existing DEST is appended to with a single commit at the
+end: until then its readers see the old rows, and a crash or a rejected input leaves it as it was
+(a re-run starts that append over). Duplicate ids, within the input and against DEST's rows, are
+found with on-disk hash buckets (see idcheck.py), so memory follows the batch size, not the row count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from revision.errors import UserError
+
+from .config import ConfigError, StoreConfig, canonical_dtype
+from .featurestore import FeatureStore, StoreError
+from .idcheck import FROM_DEST, DuplicateIds, IdBuckets, pack_src, unpack_src
+from .npy_io import NpySource
+from .parquet_io import ParquetSource
+from .pickle_io import PickleSource
+from .sources import Batch, Source
+
+FORMATS = ("reference-pkl", "npy", "parquet")
+NONFINITE = ("error", "skip", "zero")
+DEFAULT_BATCH_ROWS = 65536
+_SRC_TO_STORE_DTYPE = {"f2": "float16", "f4": "float32", "f8": "float32"}
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest did. `mode`: "new", "resumed", "append" or "noop" (already done)."""
+
+    dest: str
+    fmt: str
+    mode: str
+    modality: str
+    dim: int
+    dtype: str
+    files: int
+    rows_added: int
+    rows_total: int
+    skipped_none: int
+    nonfinite: int
+    nonfinite_policy: str
+    id_source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        if self.mode == "noop":
+            return f"{self.dest}: this ingest already finished ({self.rows_total} rows); nothing to do"
+        verb = {"new": "created", "resumed": "created (resumed)", "append": "appended to"}[self.mode]
+        extra = []
+        if self.skipped_none:
+            extra.append(f"{self.skipped_none} items without a vector skipped")
+        if self.nonfinite:
+            done = "skipped" if self.nonfinite_policy == "skip" else "zeroed"
+            extra.append(f"{self.nonfinite} rows with NaN/Inf {done}")
+        tail = f"; {', '.join(extra)}" if extra else ""
+        return (
+            f"{verb} {self.dest}: +{self.rows_added} rows ({self.rows_total} total), {self.modality}, "
+            f"dim {self.dim}, {self.dtype}, from {self.files} {self.fmt} file(s), ids from {self.id_source}{tail}"
+        )
+
+
+@dataclass
+class _State:
+    file: int = 0
+    item: int = 0
+    rows_added: int = 0
+    skipped_none: int = 0
+    nonfinite: int = 0
+
+    def progress(self, key: str, *, done: bool = False) -> dict[str, Any]:
+        return {"job": "ingest", "key": key, "done": done, **asdict(self)}
+
+    @classmethod
+    def from_progress(cls, prog: dict[str, Any]) -> _State:
+        return cls(**{k: int(prog[k]) for k in ("file", "item", "rows_added", "skipped_none", "nonfinite")})
+
+
+def open_source(
+    fmt: str,
+    src: str | os.PathLike[str],
+    modality: str | None = None,
+    *,
+    id_column: str | None = None,
+    embedding_column: str | None = None,
+) -> Source:
+    """The reader for `--format`; the flags that do not apply to it are refused by name."""
+    if fmt == "reference-pkl":
+        for flag, value in (("--id-column", id_column), ("--embedding-column", embedding_column)):
+            if value is not None:
+                raise UserError(f"{flag} does not apply to --format reference-pkl (ids are the 'id' key)")
+        return PickleSource(src, modality)
+    if fmt == "npy":
+        if embedding_column is not None:
+            raise UserError("--embedding-column does not apply to --format npy")
+        return NpySource(src, modality, id_column=id_column)
+    if fmt == "parquet":
+        return ParquetSource(src, modality, id_column=id_column, embedding_column=embedding_column)
+    raise UserError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def job_key(source: Source, options: dict[str, Any]) -> str:
+    """A hash of the input listing (names, sizes, mtimes) and the options that shape the result."""
+    listing = []
+    for p in source.listing:
+        st = p.stat()
+        listing.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    doc = json.dumps({"listing": listing, "options": options}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:32]
+
+
+def _store_dtype(source: Source, dtype: str | None) -> str:
+    if dtype is not None:
+        try:
+            return canonical_dtype(dtype)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+    hint = source.layout_attrs.get("dtype_hint")
+    return str(hint) if hint else _SRC_TO_STORE_DTYPE[source.src_dtype.str[1:]]
+
+
+def ingest(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    fmt: str,
+    modality: str | None = None,
+    nonfinite: str = "error",
+    dtype: str | None = None,
+    codec: str = "none",
+    chunk_rows: int | None = None,
+    chunks_per_shard: int | None = None,
+    id_column: str | None = None,
+    embedding_column: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    commit_rows: int | None = None,
+    show_progress: bool = False,
+) -> IngestSummary:
+    """Read `src` in format `fmt` into the feature store `dest` (created, resumed or appended to).
+
+    dtype None keeps the input's precision (float16 stays float16; float64 becomes float32).
+    nonfinite: "error" rejects a row with NaN/Inf naming its id; "skip" drops such rows; "zero"
+    replaces the non-finite values by 0 (the reference's own rule). Both are counted.
+    """
+    if nonfinite not in NONFINITE:
+        raise UserError(f"--nonfinite: {nonfinite!r} is not one of {', '.join(NONFINITE)}")
+    if batch_rows <= 0:
+        raise UserError(f"--batch-rows must be positive, got {batch_rows}")
+    source = open_source(fmt, src, modality, id_column=id_column, embedding_column=embedding_column)
+    try:
+        store_dtype = _store_dtype(source, dtype)
+        try:
+            cfg = StoreConfig(
+                modality=source.modality,
+                dim=source.dim,
+                dtype=store_dtype,
+                chunk_rows=chunk_rows,
+                chunks_per_shard=chunks_per_shard,
+                codec=codec,
+                provenance={"ingest": {"format": fmt, "source": str(Path(src).resolve()), "files": len(source.files)}},
+            )
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+        options = {
+            "fmt": fmt,
+            "config": cfg.to_json(),
+            "nonfinite": nonfinite,
+            "id_column": id_column,
+            "embedding_column": embedding_column,
+        }
+        key = job_key(source, options)
+        job = _Job(source, Path(dest), key, nonfinite, batch_rows, commit_rows, show_progress)
+        if Path(dest).exists():
+            return job.append(dtype_given=dtype is not None, dtype=store_dtype)
+        return job.create(cfg)
+    finally:
+        source.close()
+
+
+class _Job:
+    def __init__(
+        self,
+        source: Source,
+        dest: Path,
+        key: str,
+        nonfinite: str,
+        batch_rows: int,
+        commit_rows: int | None,
+        show_progress: bool,
+    ) -> None:
+        self.source = source
+        self.dest = dest
+        self.key = key
+        self.nonfinite = nonfinite
+        self.batch_rows = batch_rows
+        self.commit_rows = commit_rows
+        self.show_progress = show_progress
+        self.staging = dest.parent / f".{dest.name}.ingest"
+
+    def _summary(self, mode: str, st: FeatureStore, state: _State) -> IngestSummary:
+        return IngestSummary(
+            dest=str(self.dest),
+            fmt=self.source.fmt,
+            mode=mode,
+            modality=st.modality,
+            dim=st.dim,
+            dtype=st.dtype,
+            files=len(self.source.files),
+            rows_added=state.rows_added,
+            rows_total=st.rows,
+            skipped_none=state.skipped_none,
+            nonfinite=state.nonfinite,
+            nonfinite_policy=self.nonfinite,
+            id_source=self.source.id_source,
+        )
+
+    def _attrs(self) -> dict[str, Any]:
+        return {"ingest": {"format": self.source.fmt, "id_source": self.source.id_source, **self.source.layout_attrs}}
+
+    # -- a new store, built in staging ------------------------------------------------------------
+    def create(self, cfg: StoreConfig) -> IngestSummary:
+        store_dir, ids_dir = self.staging / "store", self.staging / "ids"
+        st: FeatureStore | None = None
+        if store_dir.exists():
+            try:
+                st = FeatureStore.open(store_dir, mode="a")
+            except StoreError:
+                st = None
+            prog = st.progress if st is not None else None
+            if st is None or not prog or prog.get("key") != self.key:
+                if st is not None:
+                    st.close()
+                st = None
+        if st is None:  # fresh start; any staging left by a different job is ours to discard
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging.mkdir(parents=True)
+            st = FeatureStore.create(store_dir, cfg, metadata_columns=self.source.metadata_columns, attrs=self._attrs())
+            state, mode = _State(), "new"
+            st.commit(progress=state.progress(self.key))
+        else:
+            assert st.progress is not None
+            state, mode = _State.from_progress(st.progress), "resumed"
+        buckets = IdBuckets(ids_dir)
+        try:
+            if not (st.progress or {}).get("done"):
+                buckets.truncate(st.rows)
+                self._copy(st, buckets, state, intermediate=True)
+                self._check_duplicates(st, buckets)
+                if state.rows_added == 0:
+                    raise UserError(f"{self.source.path}: empty input: no rows left to ingest")
+                st.commit(progress=state.progress(self.key, done=True))
+        except (UserError, StoreError):
+            st.close()
+            # Bad input is deterministic: keeping the staging would only resume into the same error.
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
+        summary = self._summary(mode, st, state)
+        st.close()
+        os.rename(store_dir, self.dest)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return summary
+
+    # -- appending to an existing store -----------------------------------------------------------
+    def append(self, *, dtype_given: bool, dtype: str) -> IngestSummary:
+        try:
+            st = FeatureStore.open(self.dest)
+        except StoreError as exc:
+            raise UserError(f"{self.dest}: DEST exists but is not a feature store ({exc})") from None
+        prog = st.progress or {}
+        if prog.get("job") == "ingest" and prog.get("key") == self.key and prog.get("done"):
+            shutil.rmtree(self.staging, ignore_errors=True)  # a finished run's leftovers, if killed late
+            return self._summary("noop", st, _State.from_progress(prog))
+        self._check_compatible(st, dtype_given, dtype)
+        st.close()
+        st = FeatureStore.open(self.dest, mode="a")
+        buckets = IdBuckets(self.dest.parent / f".{self.dest.name}.ingest-ids")
+        buckets.remove()
+        buckets = IdBuckets(buckets.root)
+        state = _State()
+        try:
+            for lo, ids in st.iter_ids():
+                buckets.add(ids, lo, np.full(len(ids), FROM_DEST, dtype=np.int64))
+            self._copy(st, buckets, state, intermediate=False)
+            self._check_duplicates(st, buckets)
+            if state.rows_added == 0:
+                raise UserError(f"{self.source.path}: empty input: no rows left to ingest")
+            st.commit(progress=state.progress(self.key, done=True))
+            return self._summary("append", st, state)
+        except DuplicateIds as exc:
+            raise self._duplicate_error(st, exc) from None
+        finally:
+            st.close()  # without a commit, DEST keeps exactly its old rows
+            buckets.remove()
+
+    def _check_compatible(self, st: FeatureStore, dtype_given: bool, dtype: str) -> None:
+        src, where = self.source, f"{self.dest}: DEST"
+        if st.modality != src.modality:
+            raise UserError(f"{where} is a {st.modality} store; the input is {src.modality} (--modality)")
+        if st.dim != src.dim:
+            raise UserError(f"{where} has dim {st.dim}; the input's vectors have {src.dim} values")
+        if dtype_given and st.dtype != dtype:
+            raise UserError(f"{where} stores {st.dtype}; --dtype {dtype} cannot apply to an existing store")
+        if st.metadata_columns != src.metadata_columns:
+            raise UserError(f"{where} has metadata columns {st.metadata_columns}; the input has {src.metadata_columns}")
+        keys = st.attrs.get("ingest", {}).get("record_keys")
+        new_keys = src.layout_attrs.get("record_keys")
+        if keys and new_keys and keys != new_keys:
+            raise UserError(f"{where} records have keys {keys}; the input's have {new_keys}")
+
+    # -- the row loop -------------------------------------------------------------------------------
+    def _copy(self, st: FeatureStore, buckets: IdBuckets, state: _State, *, intermediate: bool) -> None:
+        src = self.source
+        commit_rows = self.commit_rows or max(st.shard_rows, self.batch_rows)
+        since = 0
+        bar = _progress_bar(len(src.files), state.file, self.show_progress)
+        for fi in range(state.file, len(src.files)):
+            for batch in src.batches(fi, state.item if fi == state.file else 0, self.batch_rows):
+                vectors, ids, meta, items = self._finite(batch, st, state)
+                first_row = st.rows + st.pending_rows
+                try:
+                    buckets.add(ids, first_row, pack_src(fi, items))
+                except DuplicateIds as exc:
+                    raise self._duplicate_error(st, exc) from None
+                st.append(vectors, ids, meta)
+                state.rows_added += len(ids)
+                state.skipped_none += batch.skipped_none
+                state.file, state.item = fi, batch.next_item
+                since += len(ids)
+                if intermediate and since >= commit_rows:
+                    st.commit(progress=state.progress(self.key))
+                    since = 0
+            state.file, state.item = fi + 1, 0
+            if intermediate:
+                st.commit(progress=state.progress(self.key))
+                since = 0
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+
+    def _finite(
+        self, batch: Batch, st: FeatureStore, state: _State
+    ) -> tuple[Any, list[str], dict[str, Any], np.ndarray]:
+        """Apply --nonfinite to a batch; returns what to append (vectors in a dtype the store takes)."""
+        x = batch.vectors
+        # Check what will be stored: a float32 value past 65504 becomes Inf in a float16 store.
+        conv = x.astype(np.float32 if st.dtype == "bfloat16" else st.np_dtype, copy=False)
+        ok = np.isfinite(conv).all(axis=1)
+        if ok.all():
+            return conv, batch.ids, batch.metadata, batch.items
+        bad = np.flatnonzero(~ok)
+        if self.nonfinite == "error":
+            k = int(bad[0])
+            why = "" if not np.isfinite(x[k]).all() else f" after conversion to {st.dtype} (overflow)"
+            raise UserError(
+                f"{self.source.place(batch.file_index, int(batch.items[k]))} (id {batch.ids[k]!r}): "
+                f"non-finite values (NaN/Inf){why}; --nonfinite skip|zero drops or zeroes such rows"
+            )
+        state.nonfinite += int(bad.size)
+        if self.nonfinite == "zero":
+            conv = np.where(np.isfinite(conv), conv, 0).astype(conv.dtype)
+            return conv, batch.ids, batch.metadata, batch.items
+        keep = np.flatnonzero(ok)
+        meta = {k: (v[keep] if isinstance(v, np.ndarray) else [v[i] for i in keep]) for k, v in batch.metadata.items()}
+        return conv[keep], [batch.ids[i] for i in keep], meta, batch.items[keep]
+
+    # -- duplicates --------------------------------------------------------------------------------
+    def _place(self, st: FeatureStore, row: int, src: int) -> str:
+        if src == FROM_DEST:
+            return f"{self.dest} row {row}"
+        return self.source.place(*unpack_src(src))
+
+    def _id_of(self, st: FeatureStore, row: int, src: int) -> str:
+        if src == FROM_DEST:
+            return str(st.read_ids(row, row + 1)[0])
+        return self.source.id_at(*unpack_src(src))
+
+    def _check_duplicates(self, st: FeatureStore, buckets: IdBuckets) -> None:
+        try:
+            buckets.check(lambda row, src: self._id_of(st, row, src))
+        except DuplicateIds as exc:
+            raise self._duplicate_error(st, exc) from None
+
+    def _duplicate_error(self, st: FeatureStore, exc: DuplicateIds) -> UserError:
+        return UserError(
+            f"duplicate id {exc.ident!r}: {self._place(st, *exc.first)} and {self._place(st, *exc.second)} "
+            "(ids must be unique)"
+        )
+
+
+def _progress_bar(total: int, done: int, show: bool) -> Any:
+    if not show or os.environ.get("REVISION_NO_PROGRESS"):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="file", desc="ingest", file=sys.stderr)
