@@ -99,3 +99,46 @@ def build_tiny_clip(
     )
     processor.save_pretrained(path)
     return path
+
+
+_WORDS = ("the", "cat", "dog", "and", "of", "a", "photo", "red", "small", "on", "grass", "sits", "runs")
+
+
+def write_tiny_dataset(
+    root: str | Path,
+    *,
+    n_images: int = 12,
+    n_texts: int = 16,
+    seed: int = 0,
+    broken: bool = True,
+) -> Path:
+    """Write small PNGs and a seed-layout dataset.json under `root`; returns the json path.
+
+    Images live in root/images (some in a subfolder), with random sizes so the processor resizes
+    and crops. With `broken`, one corrupt image, one missing path and one empty text are added,
+    each in the middle of its list so failures are interleaved with good items.
+    """
+    import numpy as np
+    from PIL import Image
+
+    base = Path(root)
+    (base / "images" / "sub").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images: list[dict[str, str]] = []
+    for i in range(n_images):
+        rel = f"sub/{i:05d}.png" if i % 3 == 0 else f"{i:05d}.png"
+        h, w = (int(x) for x in rng.integers(8, 48, size=2))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(base / "images" / rel)
+        images.append({"id": f"img_{i:05d}", "image": rel})
+    texts: list[dict[str, str]] = []
+    for i in range(n_texts):
+        n_words = int(rng.integers(1, 20))
+        texts.append({"id": f"txt_{i:05d}", "text": " ".join(rng.choice(_WORDS, size=n_words))})
+    if broken:
+        (base / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+        images.insert(len(images) // 2, {"id": "img_corrupt", "image": "corrupt.png"})
+        images.insert(len(images) // 3, {"id": "img_missing", "image": "sub/missing.png"})
+        texts.insert(len(texts) // 2, {"id": "txt_empty", "text": "   "})
+    path = base / "dataset.json"
+    path.write_text(json.dumps({"images": images, "texts": texts}, indent=1))
+    return path
