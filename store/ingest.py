@@ -312,7 +312,7 @@ class _Job:
     def _check_compatible(self, st: FeatureStore, dtype_given: bool, dtype: str) -> None:
         src, where = self.source, f"{self.dest}: DEST"
         if st.modality != src.modality:
-            raise UserError(f"{where} is a {st.modality} store; the input is {src.modality} (--modality)")
+            raise UserError(f"{where} holds {st.modality} rows; the input is {src.modality} (--modality)")
         if st.dim != src.dim:
             raise UserError(f"{where} has dim {st.dim}; the input's vectors have {src.dim} values")
         if dtype_given and st.dtype != dtype:

@@ -1,0 +1,77 @@
+"""`revision info STORE [--json]`: rows, dim, dtype, modality, chunking, codec and size of a store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from revision.errors import UserError
+from revision.store import FeatureStore, StoreError
+
+EPILOG = """examples:
+  revision info text.zarr
+  revision info text.zarr --json | jq .rows"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "info",
+        help="describe a feature store",
+        description="Describe a feature store: rows, dim, dtype, modality, chunking, codec, bytes on disk.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("store", metavar="STORE", help="feature store to describe")
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys rows, dim, dtype, modality, …)")
+    p.set_defaults(func=run)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def describe(info: dict[str, Any]) -> list[tuple[str, str]]:
+    ratio = info.get("compression_ratio")
+    cols = info.get("metadata_columns") or {}
+    rows = [
+        ("path", str(info["path"])),
+        ("rows", f"{info['rows']:,}"),
+        ("dim", str(info["dim"])),
+        ("dtype", str(info["dtype"])),
+        ("modality", str(info["modality"])),
+        ("normalized", str(info.get("normalized"))),
+        ("chunking", f"{info['chunk_rows']:,} rows/chunk, {info['shard_rows']:,} rows/shard"),
+        ("codec", str(info["codec"])),
+        ("bytes on disk", _size(int(info["bytes_on_disk"]))),
+        ("compression ratio", "n/a" if ratio is None else f"{ratio:.3f}"),
+        ("metadata", ", ".join(f"{k} ({v})" for k, v in cols.items()) or "none"),
+    ]
+    if info.get("encoder"):
+        rows.append(("encoder", str(info["encoder"])))
+    if "alignment" in (info.get("attrs") or {}):
+        rows.append(("alignment", json.dumps(info["attrs"]["alignment"])[:200]))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        st = FeatureStore.open(args.store)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        info = st.info()
+    finally:
+        st.close()
+    if args.json:
+        print(json.dumps(info, default=str))
+        return 0
+    width = max(len(k) for k, _ in describe(info))
+    for key, value in describe(info):
+        print(f"{key:<{width}}  {value}")
+    return 0
