@@ -1,0 +1,252 @@
+"""fit / apply / align over feature stores: the orchestration of the three passes, resumable.
+
+fit   = pass 1 (text and image once → μ_t, μ_i, traces, s) + pass 2 (text → μ̂); saves the stats.
+apply = pass 3 (text → aligned rows) with frozen stats, committed chunk by chunk: a killed job resumes
+        from its last commit to a byte-identical result.
+align = fit + apply, the stats saved in the aligned store's attrs["alignment"] and beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from revision.align.config import AlignConfig
+from revision.align.methods import Method, get_method, torch_dtype
+from revision.align.passes import PassTiming, iter_blocks, moments_pass, screen_block
+from revision.align.stats import AlignStats, save_stats
+from revision.errors import UserError
+from revision.store import FeatureStore, StoreConfig
+
+StoreLike = FeatureStore | str | os.PathLike[str]
+
+#: Test hook for the kill-and-resume test: sleep this long after each commit of pass 3.
+_PAUSE_ENV = "REVISION_ALIGN_PAUSE_AFTER_COMMIT"
+
+
+@dataclass
+class AlignResult:
+    """What an align/apply run produced."""
+
+    out: Path | None
+    stats: AlignStats
+    stats_path: Path | None
+    rows: int
+    timings: list[PassTiming] = field(default_factory=list)
+    resumed_from: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return sum(t.seconds for t in self.timings)
+
+    def summary(self) -> str:
+        parts = [f"{t.name}: {t.rows:,} rows in {t.seconds:.2f} s ({t.rows_per_s:,.0f} rows/s)" for t in self.timings]
+        return "; ".join(parts)
+
+
+def _open(store: StoreLike, flag: str) -> FeatureStore:
+    if isinstance(store, FeatureStore):
+        return store
+    p = Path(store)
+    if not p.exists():
+        raise UserError(f"{flag} {p}: no such store")
+    return FeatureStore.open(p)
+
+
+def _check_inputs(text: FeatureStore, image: FeatureStore | None, method: Method) -> None:
+    if text.rows == 0:
+        raise UserError(f"--text {text.path}: empty store (0 rows)")
+    if text.modality != "text":
+        raise UserError(f"--text {text.path}: a {text.modality} store; pass the text store with --text")
+    if image is None:
+        if method.needs_image:
+            raise UserError(f"--method {method.name} needs the image store (--image)")
+        return
+    if image.rows == 0:
+        raise UserError(f"--image {image.path}: empty store (0 rows)")
+    if image.modality != "image":
+        raise UserError(f"--image {image.path}: a {image.modality} store; pass the image store with --image")
+    if image.dim != text.dim:
+        raise UserError(f"--text {text.path} has dim {text.dim} but --image {image.path} has dim {image.dim}")
+
+
+def _store_ref(st: FeatureStore) -> dict[str, Any]:
+    return {"path": str(st.path), "rows": st.rows, "dim": st.dim, "dtype": st.dtype, "chunk_rows": st.chunk_rows}
+
+
+def fit_stores(
+    text: StoreLike, image: StoreLike | None, config: AlignConfig, *, stats_path: str | os.PathLike[str] | None = None
+) -> tuple[AlignStats, list[PassTiming]]:
+    """Passes 1–2: the method's statistics (saved to `stats_path` when given) and the pass timings."""
+    method = get_method(config.method)
+    t = _open(text, "--text")
+    i = _open(image, "--image") if image is not None else None
+    _check_inputs(t, i, method)
+    common = {"strict": config.strict, "block_rows": config.block_rows, "progress": config.progress}
+    tm, t_time = moments_pass(t, second_moment=method.covariance, desc="pass 1 text", **common)
+    timings = [t_time]
+    im = None
+    if i is not None:
+        im, i_time = moments_pass(i, second_moment=method.covariance, desc="pass 1 image", **common)
+        timings.append(i_time)
+    stats = method.derive(tm, im, config, where=f"--text {t.path}")
+    if method.centroid:
+        t0 = time.perf_counter()
+        n_hat = 0
+        sum_h = torch.zeros(t.dim, dtype=torch.float64)
+        for _, block in iter_blocks(t, block_rows=config.block_rows, desc="pass 2 centroid", progress=config.progress):
+            n, s = method.centroid_sums(block, stats)
+            n_hat += n
+            sum_h += s
+        if not bool(torch.isfinite(sum_h).all()):
+            raise UserError(f"--text {t.path}: the projected rows hold non-finite values (pass 2)")
+        stats = stats.with_centroid(n_hat, sum_h)
+        timings.append(
+            PassTiming("pass 2 centroid", t.rows, t.rows * t.dim * t.np_dtype.itemsize, time.perf_counter() - t0)
+        )
+    stats = replace(
+        stats,
+        inputs={"text": _store_ref(t), "image": None if i is None else _store_ref(i)},
+        config=config.to_json(),
+    )
+    if stats_path is not None:
+        save_stats(stats, stats_path)
+    return stats, timings
+
+
+def _check_stats(stats: AlignStats, text: FeatureStore, config: AlignConfig, stats_where: str) -> Method:
+    method = get_method(stats.method)
+    if stats.dim != text.dim:
+        raise UserError(f"{stats_where}: statistics of dim {stats.dim}, but --text {text.path} has dim {text.dim}")
+    if config.method != stats.method:
+        raise UserError(f"{stats_where}: statistics fitted for --method {stats.method}, not {config.method}")
+    if method.centroid and stats.mu_hat is None:
+        raise UserError(f"{stats_where}: no centroid (pass 2) in these statistics; run `revision fit` again")
+    return method
+
+
+def _out_config(text: FeatureStore, method: Method, config: AlignConfig, stats: AlignStats) -> StoreConfig:
+    return StoreConfig(
+        modality="text",
+        dim=text.dim,
+        dtype=config.out_dtype,
+        chunk_rows=text.chunk_rows,
+        codec=text.codec,
+        normalized=method.unit_output,
+        encoder=text.config.encoder,
+        provenance={**text.config.provenance, "aligned_from": str(text.path), "alignment_method": stats.method},
+    )
+
+
+def _open_output(out: Path, text: FeatureStore, method: Method, config: AlignConfig, stats: AlignStats) -> FeatureStore:
+    digest = stats.digest()
+    if not out.exists():
+        attrs = {k: v for k, v in text.attrs.items() if k != "alignment"}
+        attrs["alignment"] = stats.header()
+        return FeatureStore.create(
+            out, _out_config(text, method, config, stats), metadata_columns=dict(text.metadata_columns), attrs=attrs
+        )
+    st = FeatureStore.open(out, mode="a")
+    prog = st.progress or {}
+    if prog.get("job") != "align-apply" or prog.get("stats") != digest or prog.get("source_rows") != text.rows:
+        st.close()
+        raise UserError(
+            f"--out {out}: already exists and was not written by an unfinished apply of these statistics "
+            "on this text store; remove it or pick another --out"
+        )
+    if st.dtype != config.out_dtype:
+        st.close()
+        raise UserError(f"--out {out}: an unfinished run with --out-dtype {st.dtype}; resume with the same flag")
+    return st
+
+
+def apply_stats(
+    text: StoreLike,
+    stats: AlignStats,
+    out: str | os.PathLike[str],
+    config: AlignConfig,
+    *,
+    screen: bool = True,
+    stats_path: Path | None = None,
+) -> AlignResult:
+    """Pass 3: write the aligned rows of `text` to the store `out`, resuming an interrupted run."""
+    t = _open(text, "--text")
+    if t.rows == 0:
+        raise UserError(f"--text {t.path}: empty store (0 rows)")
+    method = _check_stats(stats, t, config, str(stats_path) if stats_path else "statistics")
+    out_p = Path(out)
+    dst = _open_output(out_p, t, method, config, stats)
+    digest = stats.digest()
+    start = dst.rows
+    if dst.progress and dst.progress.get("done"):
+        dst.close()
+        return AlignResult(out_p, stats, stats_path, t.rows, [], resumed_from=start)
+    commit_every = config.commit_rows or dst.shard_rows
+    next_commit = (start // commit_every + 1) * commit_every
+    out_dtype = torch_dtype(config.out_dtype)
+    pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
+    columns = list(t.metadata_columns)
+    t0 = time.perf_counter()
+    try:
+        for row0, block in iter_blocks(
+            t, start=start, block_rows=config.block_rows, desc="pass 3 apply", progress=config.progress
+        ):
+            if screen and config.strict:
+                screen_block(block, row0, t)
+            n = block.shape[0]
+            aligned = method.apply(block, row0, stats, out_dtype)
+            meta = {name: t.read_metadata(name, row0, row0 + n) for name in columns}
+            dst.append(aligned, t.read_ids(row0, row0 + n), meta)
+            done = row0 + n
+            if done >= next_commit and done < t.rows:
+                dst.commit(progress={"job": "align-apply", "stats": digest, "source_rows": t.rows, "next_row": done})
+                next_commit = (done // commit_every + 1) * commit_every
+                if pause:
+                    print(f"committed {done} rows", flush=True)
+                    time.sleep(pause)
+        final = {"job": "align-apply", "stats": digest, "source_rows": t.rows, "next_row": t.rows, "done": True}
+        dst.commit(progress=final, attrs={"alignment": stats.header()})
+    finally:
+        dst.close()
+    nbytes = (t.rows - start) * t.dim * t.np_dtype.itemsize
+    timing = PassTiming("pass 3 apply", t.rows - start, nbytes, time.perf_counter() - t0)
+    return AlignResult(out_p, stats, stats_path, t.rows, [timing], resumed_from=start)
+
+
+def stats_beside(out: str | os.PathLike[str]) -> Path:
+    """Where `align` saves the stats of an aligned store: `<out>.stats.json` next to it."""
+    p = Path(out)
+    return p.with_name(p.name + ".stats.json")
+
+
+def align_stores(
+    text: StoreLike,
+    image: StoreLike | None,
+    out: str | os.PathLike[str],
+    *,
+    method: str | None = None,
+    config: AlignConfig | None = None,
+    **overrides: Any,
+) -> AlignResult:
+    """The one-call API: fit on `text` (+ `image`) and write the aligned text store `out`.
+
+    `method` defaults to realign (or `config.method`).
+    `config` (or keyword overrides of AlignConfig fields) sets the method's parameters. An
+    interrupted run resumes: the stats are refitted (deterministic) and pass 3 continues from the
+    output's last commit.
+    """
+    base = config or AlignConfig()
+    if method is not None:
+        overrides["method"] = method
+    cfg = replace(base, **overrides) if overrides else base
+    sp = stats_beside(out)
+    stats, timings = fit_stores(text, image, cfg)
+    save_stats(stats, sp)
+    result = apply_stats(text, stats, out, cfg, screen=False, stats_path=sp)
+    result.timings = timings + result.timings
+    return result

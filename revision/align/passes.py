@@ -1,0 +1,104 @@
+"""The streaming passes over feature stores: moments (pass 1), centroid (pass 2), aligned rows (pass 3).
+
+Each pass walks a store in chunk-aligned blocks that the store reads and decodes ahead on threads
+while the current block is computed. Partial results are merged in block order, so the result does
+not depend on thread scheduling. Memory is bounded by a few blocks, never by the row count.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from revision.errors import UserError
+from revision.kernels import Moments, merge_moments, row_stats
+from revision.kernels.rows_cpu import tiles
+from revision.store import FeatureStore, to_torch
+
+
+@dataclass
+class PassTiming:
+    """Wall time and volume of one pass over one store."""
+
+    name: str
+    rows: int
+    bytes: int
+    seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else float("inf")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "rows": self.rows, "bytes": self.bytes, "seconds": self.seconds}
+
+
+def progress_enabled(wanted: bool) -> bool:
+    return wanted and os.environ.get("REVISION_NO_PROGRESS", "0") != "1"
+
+
+def iter_blocks(
+    store: FeatureStore, *, start: int = 0, block_rows: int | None, desc: str, progress: bool
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first_row, block) over rows [start, rows) as torch views of the decoded blocks, with a progress bar."""
+    bar = tqdm(
+        total=store.rows,
+        initial=start,
+        desc=desc,
+        unit="rows",
+        unit_scale=True,
+        disable=not progress_enabled(progress),
+        leave=False,
+    )
+    try:
+        for lo, block in store.iter_chunks(start, block_rows=block_rows):
+            yield lo, to_torch(block, store.dtype)
+            bar.update(block.shape[0])
+    finally:
+        bar.close()
+
+
+def screen_block(block: torch.Tensor, row0: int, store: FeatureStore) -> None:
+    """Strict mode: a NaN/±Inf value or an all-zero row is an error naming the store, row and id.
+
+    One max-abs per row per cached tile finds both (NaN propagates through the max, ±Inf shows as an
+    infinite max, a zero row has max 0); the row search runs only when a tile fails.
+    """
+    n, d = block.shape
+    for s, e in tiles(n, d, tile_bytes=1 << 20):
+        peak = block[s:e].abs().amax(dim=1)
+        if bool(torch.isfinite(peak).all()) and bool((peak > 0).all()):
+            continue
+        bad = torch.nonzero(~torch.isfinite(peak) | (peak == 0)).flatten()
+        r = s + int(bad[0])
+        row = row0 + r
+        ident = store.read_ids(row, row + 1)[0]
+        what = "an all-zero row" if bool(torch.isfinite(peak[r - s])) else "a NaN or infinite value"
+        raise UserError(
+            f"{store.path}: row {row} (id {ident!r}) holds {what}; fix the input or pass --no-strict "
+            "(non-finite values then count as 0 and zero rows stay zero, as in the reference)"
+        )
+
+
+def moments_pass(
+    store: FeatureStore, *, second_moment: bool, strict: bool, block_rows: int | None, progress: bool, desc: str
+) -> tuple[Moments, PassTiming]:
+    """Pass 1 over one store: Chan-merged moments of its L2-normalised rows, merged in block order."""
+    t0 = time.perf_counter()
+    total = Moments.empty(store.dim, second_moment=second_moment)
+    for row0, block in iter_blocks(store, block_rows=block_rows, desc=desc, progress=progress):
+        if strict:
+            screen_block(block, row0, store)
+        total = merge_moments(total, row_stats(block, normalize=True, second_moment=second_moment))
+    nbytes = store.rows * store.dim * store.np_dtype.itemsize
+    return total, PassTiming(desc, store.rows, nbytes, time.perf_counter() - t0)
