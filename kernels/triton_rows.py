@@ -50,7 +50,9 @@ def unit_rows(x, CLEAN: tl.constexpr):
         # NaN fails every comparison, so one test clears NaN and ±Inf.
         x = tl.where(tl.abs(x) < float("inf"), x, 0.0)
     m = tl.max(tl.abs(x), axis=1)
-    safe = tl.where(m > 0.0, m, 1.0)
+    # Below 1e-30 the row's norm is under the 1e-10 floor for any width, so it is kept as is;
+    # the cut also keeps 1/m finite (a subnormal max-abs would overflow it).
+    safe = tl.where(m > 1e-30, m, 1.0)
     z = x * (1.0 / safe)[:, None]
     ss = tl.sum(z * z, axis=1)
     ss_safe = tl.where(ss > 0.0, ss, 1.0)
