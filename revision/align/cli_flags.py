@@ -1,0 +1,88 @@
+"""The flags that fit, apply and align share, and their translation into an AlignConfig."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from revision.align.config import DEFAULT_NOISE_STD, METHOD_NAMES, OUT_DTYPES, AlignConfig
+
+
+def add_method_flags(p: argparse.ArgumentParser) -> None:
+    """--method and the parameters of the methods that have some."""
+    p.add_argument(
+        "--method",
+        default="realign",
+        choices=METHOD_NAMES,
+        help="alignment method (default: %(default)s); see the README for when each is the right choice",
+    )
+    p.add_argument(
+        "--gap-lambda",
+        type=float,
+        default=None,
+        help="gap-shift: distance to move along the unit gap direction (default: the gap's length ‖μ_i − μ_t‖)",
+    )
+    p.add_argument(
+        "--noise-std",
+        type=float,
+        default=DEFAULT_NOISE_STD,
+        help="c3/capdec: Gaussian noise std per coordinate (default: sqrt(0.016) ≈ %(default).4f)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="c3/capdec: noise seed (default: %(default)s)")
+    p.add_argument(
+        "--shrinkage",
+        type=float,
+        default=1e-3,
+        help="realign-ot: covariance shrinkage α in [0, 1] toward (tr Σ / D)·I (default: %(default)s)",
+    )
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, writes: bool) -> None:
+    """Strictness, block size, progress; output dtype and commit interval for commands that write rows."""
+    p.add_argument(
+        "--no-strict",
+        dest="strict",
+        action="store_false",
+        help="accept NaN/±Inf values (counted as 0) and all-zero rows (left as they are), as the reference "
+        "does; by default either is an error naming the store and row",
+    )
+    p.add_argument(
+        "--block-rows",
+        type=int,
+        default=None,
+        help="rows per read block (default: ~16 MiB of the store's chunks); memory is a few blocks",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    if writes:
+        p.add_argument(
+            "--out-dtype",
+            default="float32",
+            choices=OUT_DTYPES,
+            help="storage dtype of the aligned rows (default: %(default)s, as the reference)",
+        )
+        p.add_argument(
+            "--commit-rows",
+            type=int,
+            default=None,
+            help="rows between commits of the output (default: one per output shard); a killed run resumes "
+            "from the last commit",
+        )
+
+
+def config_from_args(args: argparse.Namespace, **fixed: Any) -> AlignConfig:
+    """An AlignConfig from parsed flags (flags a command does not have keep their defaults)."""
+    names = (
+        "method",
+        "strict",
+        "out_dtype",
+        "gap_lambda",
+        "noise_std",
+        "seed",
+        "shrinkage",
+        "block_rows",
+        "commit_rows",
+        "progress",
+    )
+    values = {n: getattr(args, n) for n in names if hasattr(args, n) and getattr(args, n) is not None}
+    values.update(fixed)
+    return AlignConfig(**values)

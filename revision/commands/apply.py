@@ -1,0 +1,56 @@
+"""`revision apply`: pass 3 of an alignment — align a text store with frozen statistics (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from revision.align.cli_flags import add_run_flags, config_from_args
+from revision.align.engine import apply_stats
+from revision.align.methods import METHODS
+from revision.align.stats import load_stats
+from revision.errors import UserError
+
+EPILOG = """example:
+  revision fit --text text.zarr --image image.zarr --stats realign.json
+  revision apply --text text.zarr --stats realign.json --out aligned.zarr
+  revision apply --text new_text.zarr --stats realign.json --out new_aligned.zarr --out-dtype float16
+Re-running an interrupted apply with the same flags resumes from its last commit.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "apply",
+        help="align a text store with saved statistics (pass 3)",
+        description="Write the aligned rows of a text store to a new feature store, chunk by chunk with "
+        "atomic commits, using statistics from `revision fit`. The method and its parameters come from "
+        "the statistics file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--text", type=Path, required=True, help="text feature store to align")
+    p.add_argument("--stats", type=Path, required=True, help="statistics JSON written by `revision fit`")
+    p.add_argument("--out", type=Path, required=True, help="aligned feature store to write (or resume)")
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=tuple(METHODS),
+        help="optional check: refuse statistics fitted for another method (default: take the stats' method)",
+    )
+    add_run_flags(p, writes=True)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    stats = load_stats(args.stats)
+    if args.method is not None and args.method != stats.method:
+        raise UserError(f"--stats {args.stats}: statistics fitted for --method {stats.method}, not {args.method}")
+    cfg = config_from_args(args, method=stats.method)
+    result = apply_stats(args.text, stats, args.out, cfg, stats_path=args.stats)
+    if result.resumed_from:
+        print(f"resumed at row {result.resumed_from:,}")
+    print(f"apply {stats.method}: {result.rows:,} rows -> {args.out}")
+    for t in result.timings:
+        print(f"  {t.name}: {t.rows:,} rows in {t.seconds:.2f} s ({t.rows_per_s:,.0f} rows/s, {t.gb_per_s:.2f} GB/s)")
+    return 0
