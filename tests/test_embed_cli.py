@@ -245,3 +245,11 @@ def test_features_of_tensor_and_output_object() -> None:
     t = torch.randn(3, 4)
     assert features_of(t, "image") is t
     assert features_of(BaseModelOutputWithPooling(last_hidden_state=torch.zeros(3, 5, 8), pooler_output=t), "text") is t
+
+
+def test_wrong_image_root_exit_2(tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Without --image-root the paths resolve against the folder of dataset.json, where they are not.
+    code = main(["embed", "--data", str(tiny["data"]), "--out", str(tmp_path / "o"), "--model", str(tiny["model"]),
+                 "--modality", "image", "--no-progress", "--workers", "0"])  # fmt: skip
+    assert code == 2
+    assert "--image-root: none of the first" in capsys.readouterr().err

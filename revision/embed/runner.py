@@ -332,6 +332,12 @@ def _embed_images(
             rows, good = unit_rows(feats)
             failures += _bad_feature_failures(items, good)
             items = [it for it, ok in zip(items, good.tolist(), strict=True) if ok]
+        # A first batch of nothing but missing files is a wrong --image-root, not bad luck.
+        if done == 0 and len(failures) == unit.count and all(f.reason.startswith("missing file") for f in failures):
+            raise UserError(
+                f"--image-root: none of the first {unit.count} images exist under {image_root} "
+                f"(e.g. {failures[0].value!r}); is it the folder the paths in --data are relative to?"
+            )
         writer.add(items, rows, failures)
         done = unit.start + unit.count
         bar.update(unit.count)
