@@ -188,8 +188,10 @@ class PickleSource(Source):
     def _first_record(self, files: list[Path]) -> dict[str, Any] | None:
         self.files = files
         for i in range(len(files)):
-            for rec in self._load(i):
-                if rec.get("embed") is not None:
+            for j, rec in enumerate(self._load(i)):
+                if "embed" not in rec:
+                    raise UserError(f"{files[i]}: item {j}: wrong item layout: records have no 'embed' key")
+                if rec["embed"] is not None:
                     return rec
         return None
 
