@@ -25,7 +25,7 @@ _SNAPSHOT = re.compile(r"snapshots/([0-9a-f]{40})")
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -161,7 +161,7 @@ class HFDualEncoder:
         self.image_model = self.text_model = None
         self.image_pre: ImagePreprocessor | None = None
         self.text_pre: TextPreprocessor | None = None
-        with _quiet_transformers():
+        with quiet_transformers():
             if image_model is not None:
                 self.image_model = load(image_model, "--image-model")
                 _check_dual(self.image_model, "--image-model", "get_image_features")
@@ -253,7 +253,7 @@ class LLM2CLIPEncoder(HFDualEncoder):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         kw: dict[str, Any] = {"local_files_only": not online, "trust_remote_code": True}
-        with _quiet_transformers():
+        with quiet_transformers():
             try:
                 config = AutoConfig.from_pretrained(text_model, **kw)
                 llm = AutoModel.from_pretrained(text_model, config=config, **kw, **{_dtype_kwarg(): weights_dtype})

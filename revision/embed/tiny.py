@@ -91,9 +91,12 @@ def build_tiny_clip(
     }
     vision_cfg = {**common, "image_size": image_size, "patch_size": patch_size}
     config = CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=projection_dim)
+    from revision.embed.encoders import quiet_transformers
+
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
-    model.save_pretrained(path)
+    with quiet_transformers():
+        model.save_pretrained(path)
     processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
