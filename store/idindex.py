@@ -240,20 +240,28 @@ class IdIndexBuilder:
 
 
 def _count_collisions(directory: Path, block_rows: int) -> tuple[int, int]:
-    """Scan the sorted hashes for equal neighbours; tell different ids apart from repeated ones."""
+    """Scan the sorted hashes for runs of equal values; tell different ids apart from repeated ones.
+
+    Returns (hash_collisions, duplicate_ids): per run of k entries holding u distinct ids,
+    u - 1 collisions and k - u duplicates.
+    """
     index = IdIndex.open(directory)
     n = len(index.hashes)
-    collisions = duplicates = 0
+    pairs: list[np.ndarray] = []
     for start in range(0, max(0, n - 1), block_rows):
         stop = min(n, start + block_rows + 1)  # one entry of overlap to see pairs across blocks
         h = np.asarray(index.hashes[start:stop])
-        for i in np.flatnonzero(h[1:] == h[:-1]) + start:
-            a = index.id_bytes_of(int(index.rows[i]))
-            b = index.id_bytes_of(int(index.rows[i + 1]))
-            if a == b:
-                duplicates += 1
-            else:
-                collisions += 1
+        pairs.append(np.flatnonzero(h[1:] == h[:-1]) + start)
+    first = np.concatenate(pairs) if pairs else np.zeros(0, np.int64)
+    collisions = duplicates = 0
+    if first.size == 0:
+        return 0, 0
+    # Consecutive pair positions belong to one run of equal hashes.
+    for run in np.split(first, np.flatnonzero(np.diff(first) != 1) + 1):
+        members = range(int(run[0]), int(run[-1]) + 2)
+        distinct = len({index.id_bytes_of(int(index.rows[i])) for i in members})
+        collisions += distinct - 1
+        duplicates += len(members) - distinct
     return collisions, duplicates
 
 

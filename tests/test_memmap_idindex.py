@@ -1,0 +1,115 @@
+"""The on-disk id index: build in runs + k-way merge equals a plain sort; lookups; forced collisions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from revision.store.idindex import IdIndex, IdIndexBuilder, encode_ids, hash_id_bytes, hash_ids
+
+AWKWARD_IDS = ["", "a", "é", "日本語", "x" * 8, "y" * 9, "z" * 17, "a\x00b", "emoji 🙂", "tab\tid", "00000001"]
+
+
+def build(tmp: Path, ids: list[str], *, block: int, run_rows: int, fanin: int = 64, hash_fn=hash_id_bytes) -> IdIndex:
+    b = IdIndexBuilder(tmp, run_rows=run_rows, merge_fanin=fanin, hash_fn=hash_fn)
+    for lo in range(0, len(ids), block):
+        b.add(np.asarray(ids[lo : lo + block], dtype=object))
+    b.finish(block_rows=max(2, run_rows // 2))
+    return IdIndex.open(tmp, hash_fn)
+
+
+def assert_rows(got: np.ndarray, want: np.ndarray) -> None:
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, (
+        f"{bad.size} of {want.size} rows wrong, first at {bad[:5]}: got {got[bad[:5]]} want {want[bad[:5]]}"
+    )
+
+
+def test_hash_does_not_depend_on_padding_width() -> None:
+    ids = AWKWARD_IDS
+    together = hash_ids(ids)
+    alone = np.concatenate([hash_ids([s]) for s in ids])
+    assert np.array_equal(together, alone)
+    assert len(set(together.tolist())) == len(ids)
+
+
+def test_encode_flags_trailing_nul() -> None:
+    _, lens, exact = encode_ids(["ab", "ab\x00", "a\x00b"])
+    assert lens.tolist()[0] == 2 and lens.tolist()[2] == 3
+    assert exact.tolist() == [True, False, True]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 600),
+    block=st.integers(1, 200),
+    run_rows=st.integers(1, 300),
+    fanin=st.integers(2, 5),
+)
+def test_runs_and_merge_equal_a_plain_sort(tmp_path_factory, n: int, block: int, run_rows: int, fanin: int) -> None:
+    tmp = tmp_path_factory.mktemp("idx")
+    ids = [f"id-{i * 7919 % 100003}" for i in range(n)]
+    index = build(tmp, ids, block=block, run_rows=run_rows, fanin=fanin)
+    h = hash_ids(ids)
+    order = np.argsort(h, kind="stable")
+    assert np.array_equal(np.asarray(index.hashes), h[order])
+    assert np.array_equal(np.asarray(index.rows), order)
+    assert_rows(index.lookup(ids), np.arange(n))
+    assert not list(tmp.glob("idindex-runs-*")), "temporary runs left behind"
+
+
+def test_lookup_every_awkward_id_and_missing(tmp_path: Path) -> None:
+    ids = AWKWARD_IDS + [f"img_{i:07d}" for i in range(500)]
+    index = build(tmp_path, ids, block=37, run_rows=64)
+    assert_rows(index.lookup(ids), np.arange(len(ids)))
+    assert_rows(index.lookup(np.array(ids[:5])), np.arange(5))  # a numpy unicode array works too
+    queries = ["absent", "img_0000000 ", "ab", "a\x00", "a\x00b\x00", "IMG_0000001", "é"]
+    assert index.lookup(queries).tolist() == [-1, -1, -1, -1, -1, -1, ids.index("é")]
+    assert index.ids([2, 3]) == ["é", "日本語"]
+
+
+def test_trailing_nul_ids_are_rejected(tmp_path: Path) -> None:
+    b = IdIndexBuilder(tmp_path)
+    with pytest.raises(ValueError, match="row 1 ends with a NUL"):
+        b.add(["ok", "bad\x00"])
+    b.abort()
+
+
+def colliding_hash(mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Three buckets only: almost every id collides with others."""
+    return (mat[:, 0].astype(np.uint64) + lens.astype(np.uint64)) % np.uint64(3)
+
+
+def test_forced_collisions_resolve_by_id_bytes(tmp_path: Path) -> None:
+    ids = [f"c{i}" for i in range(300)] + AWKWARD_IDS
+    index = build(tmp_path, ids, block=50, run_rows=40, fanin=3, hash_fn=colliding_hash)
+    assert len(np.unique(np.asarray(index.hashes))) <= 3
+    assert_rows(index.lookup(ids), np.arange(len(ids)))
+    assert index.lookup(["c300", "nope", "c-1"]).tolist() == [-1, -1, -1]
+    # The check bites: trusting the hash alone (no id comparison) gets most rows wrong.
+    naive = np.asarray(index.rows)[np.searchsorted(index.hashes, colliding_hash(*encode_ids(ids)[:2]))]
+    assert (naive != np.arange(len(ids))).mean() > 0.9
+
+
+def test_duplicates_and_collisions_are_counted(tmp_path: Path) -> None:
+    b = IdIndexBuilder(tmp_path, run_rows=4, hash_fn=colliding_hash)
+    # buckets: a→2, b→0, c→1, dd→0, e→0; "a" repeats with "e" between it (bucket 0 has b, dd, e)
+    b.add(["a", "b", "a", "c", "dd", "e", "b", "a"])
+    stats = b.finish()
+    assert stats.duplicate_ids == 3  # a twice more, b once more
+    assert stats.hash_collisions == 2  # b, dd, e share a hash
+    index = IdIndex.open(tmp_path, colliding_hash)
+    assert index.lookup(["a"]).tolist() == [0]  # the first row of a repeated id
+
+
+def test_empty_index(tmp_path: Path) -> None:
+    b = IdIndexBuilder(tmp_path)
+    stats = b.finish()
+    assert stats.rows == 0
+    index = IdIndex.open(tmp_path)
+    assert len(index) == 0
+    assert index.lookup(["x"]).tolist() == [-1]
