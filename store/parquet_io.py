@@ -66,13 +66,16 @@ def schema_columns(files: list[pq.ParquetFile], paths: list[Path], skip: Sequenc
     bool → bool, anything else → json); a column with nulls (or no statistics to rule them out)
     becomes json so None survives. Kinds recorded by `revision export` take precedence.
     """
-    first = files[0].schema_arrow
-    for pf, path in zip(files[1:], paths[1:], strict=True):
-        if not pf.schema_arrow.equals(first, check_metadata=False):
-            raise UserError(f"{path}: its columns {pf.schema_arrow.names} differ from {paths[0]}'s {first.names}")
+    # An empty file may carry null-typed columns (nothing to infer from), so only its names must agree.
+    ref = next((k for k, pf in enumerate(files) if pf.metadata.num_rows), 0)
+    first = files[ref].schema_arrow
+    for pf, path in zip(files, paths, strict=True):
+        same = pf.schema_arrow.equals(first, check_metadata=False) if pf.metadata.num_rows else True
+        if not same or pf.schema_arrow.names != first.names:
+            raise UserError(f"{path}: its columns {pf.schema_arrow} differ from {paths[ref]}'s {first}")
     recorded = json.loads((first.metadata or {}).get(KINDS_KEY, b"{}"))
     cols: list[Column] = []
-    for idx, fld in enumerate(first):
+    for fld in first:
         if fld.name in skip:
             continue
         if fld.name in recorded:
@@ -80,7 +83,7 @@ def schema_columns(files: list[pq.ParquetFile], paths: list[Path], skip: Sequenc
             cols.append(Column(fld.name, kind, json_text=kind == "json"))
             continue
         kind = _arrow_kind(fld.type)
-        if kind != "json" and _may_have_nulls(files, idx):
+        if kind != "json" and _may_have_nulls(files, fld.name):
             kind = "json"
         cols.append(Column(fld.name, kind))
     return cols
@@ -98,12 +101,18 @@ def _arrow_kind(t: pa.DataType) -> str:
     return "json"
 
 
-def _may_have_nulls(files: list[pq.ParquetFile], leaf: int) -> bool:
+def _may_have_nulls(files: list[pq.ParquetFile], name: str) -> bool:
     for pf in files:
         md = pf.metadata
+        if not md.num_rows:
+            continue
+        leaf = next((j for j in range(md.num_columns) if md.schema.column(j).path == name), None)
+        if leaf is None:
+            return True
         for g in range(md.num_row_groups):
-            stats = md.row_group(g).column(leaf).statistics
-            if stats is None or not stats.has_null_count or stats.null_count:
+            rg = md.row_group(g)
+            stats = rg.column(leaf).statistics
+            if rg.num_rows and (stats is None or not stats.has_null_count or stats.null_count):
                 return True
     return False
 
