@@ -1,0 +1,240 @@
+"""`revision align-pkl`: ReAlign on the reference's pickle directories, writing the reference's files.
+
+A drop-in for the reference script: same inputs (`text_embeds_*.pkl` / `image_embeds_*.pkl`, read in
+lexicographic order through the restricted unpickler), same outputs (`trace/<stem>_trace.pkl` with every
+original key kept and `embed` replaced by the float32 aligned vector, `trace_stats.pkl`, the mean pickle).
+It streams one input file at a time: pass 1 reads every text and image file once, pass 2 the text files in
+reverse order, pass 3 in order, so the file in memory at the end of one pass is reused by the next
+(2K − 2 fewer loads than the naive 3K for K text files). The reference's numerics are kept: μ_t and μ_i
+rounded to float32, zero rows left unscaled by the normalisation. Unlike the reference, a NaN/±Inf input
+value is an error (strict, the default) naming the file, item and id, and the exit status is non-zero.
+Items whose `embed` is None are skipped, as by the reference, and are not written to the trace files.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from revision.align.config import AlignConfig
+from revision.align.methods import METHODS
+from revision.align.passes import progress_enabled
+from revision.align.stats import AlignStats, trace_stats_record, write_pickle
+from revision.errors import UserError
+from revision.kernels import Moments, merge_moments, realign_apply, realign_centroid, row_stats
+from revision.store.pickle_io import PROTOCOL, load_reference_pickle
+
+
+@dataclass(frozen=True, kw_only=True)
+class PickleAlignConfig:
+    """The reference script's flags."""
+
+    input_dir: Path
+    """Directory of text pickles (--input_dir); every *.pkl, in lexicographic name order."""
+    img_input_dir: Path
+    """Directory of image pickles (--img_input_dir)."""
+    output_dir: Path
+    """Where trace/, trace_stats.pkl go (--output_dir)."""
+    mean_file_path: Path | None = None
+    """Where the float32 μ_t pickle goes (--mean_file_path); None → <output_dir>/mean_vector.pkl."""
+    chunk_size: int = 10_000
+    """Rows per arithmetic block (--chunk_size): bounds temporaries only; results do not depend on it."""
+    strict_finite: bool = True
+    """Refuse non-finite values (--strict_finite 1, the default)."""
+    save_stats: bool = True
+    """Write trace_stats.pkl (--save_stats 1, the default)."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chunk_size <= 0:
+            raise UserError(f"--chunk_size must be positive, got {self.chunk_size}")
+        for flag, d in (("--input_dir", self.input_dir), ("--img_input_dir", self.img_input_dir)):
+            if not Path(d).is_dir():
+                raise UserError(f"{flag} {d}: no such directory")
+
+    @property
+    def mean_path(self) -> Path:
+        return self.mean_file_path if self.mean_file_path is not None else self.output_dir / "mean_vector.pkl"
+
+
+@dataclass
+class PickleAlignResult:
+    stats: AlignStats
+    text_rows: int
+    image_rows: int
+    outputs: list[Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+    loads: int = 0
+
+
+def _pickles(d: Path, flag: str) -> list[Path]:
+    files = sorted((f for f in d.iterdir() if f.suffix == ".pkl" and f.is_file()), key=lambda f: f.name)
+    if not files:
+        raise UserError(f"{flag} {d}: empty input: no *.pkl files")
+    return files
+
+
+class _Loader:
+    """Loads one pickle at a time and stacks its vectors; remembers the last file for the next pass."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.dim: int | None = None
+        self.dim_file: Path | None = None
+        self.loads = 0
+        self._last: tuple[Path, list[dict[str, Any]], np.ndarray] | None = None
+
+    def get(self, path: Path) -> tuple[list[dict[str, Any]], np.ndarray]:
+        if self._last is not None and self._last[0] == path:
+            return self._last[1], self._last[2]
+        self._last = None  # free the previous file before loading the next: one file in memory
+        records = load_reference_pickle(path)
+        self.loads += 1
+        vectors = self._stack(path, records)
+        self._last = (path, records, vectors)
+        return records, vectors
+
+    def forget(self) -> None:
+        self._last = None
+
+    def _stack(self, path: Path, records: list[dict[str, Any]]) -> np.ndarray:
+        embeds = []
+        for i, rec in enumerate(records):
+            e = rec.get("embed")
+            if e is None:
+                continue
+            if not isinstance(e, np.ndarray) or e.ndim != 1 or e.dtype.kind != "f":
+                raise UserError(f"{path}: item {i} (id {rec.get('id')!r}): 'embed' is not a 1-D float numpy vector")
+            if self.dim is None:
+                self.dim, self.dim_file = int(e.shape[0]), path
+            if e.shape[0] != self.dim:
+                raise UserError(
+                    f"{path}: item {i} (id {rec.get('id')!r}): embed has {e.shape[0]} values, "
+                    f"but {self.dim_file} has {self.dim}"
+                )
+            embeds.append(e)
+        if not embeds:
+            return np.empty((0, self.dim or 0), dtype=np.float32)
+        x = np.stack(embeds)
+        if x.dtype not in (np.float16, np.float32):
+            x = x.astype(np.float32)
+        if self.strict:
+            self._screen(path, records, x)
+        return x
+
+    def _screen(self, path: Path, records: list[dict[str, Any]], x: np.ndarray) -> None:
+        bad_rows = np.flatnonzero(~np.isfinite(x).all(axis=1)) if not np.isfinite(x.sum(dtype=np.float64)) else []
+        if len(bad_rows):
+            kept = [i for i, r in enumerate(records) if r.get("embed") is not None]
+            item = kept[int(bad_rows[0])]
+            raise UserError(
+                f"{path}: item {item} (id {records[item].get('id')!r}) holds a NaN or infinite value; "
+                "fix the input or pass --strict_finite 0 (non-finite values then count as 0, as in the reference)"
+            )
+
+
+def _blocks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def _write_pickle_streamed(path: Path, obj: Any) -> None:
+    """Pickle straight into a temporary file (no whole-file bytes in memory), then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            pickle.Pickler(fh, protocol=PROTOCOL).dump(obj)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def align_pickles(cfg: PickleAlignConfig) -> PickleAlignResult:
+    """Run ReAlign on the pickle directories of `cfg`; outputs are each committed atomically."""
+    texts = _pickles(cfg.input_dir, "--input_dir")
+    images = _pickles(cfg.img_input_dir, "--img_input_dir")
+    loader = _Loader(cfg.strict_finite)
+    show = progress_enabled(cfg.progress)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def moments(files: list[Path], what: str) -> Moments:
+        total: Moments | None = None
+        for f in tqdm(files, desc=f"pass 1 {what}", unit="file", disable=not show, leave=False):
+            _, x = loader.get(f)
+            m = row_stats(torch.from_numpy(x), normalize=True)
+            total = m if total is None else merge_moments(total, m)
+        assert total is not None
+        return total
+
+    image_m = moments(images, "image")
+    loader.forget()
+    text_m = moments(texts, "text")
+    if text_m.n == 0:
+        raise UserError(f"--input_dir {cfg.input_dir}: no item has an embedding")
+    if image_m.n == 0:
+        raise UserError(f"--img_input_dir {cfg.img_input_dir}: no item has an embedding")
+    if image_m.dim != text_m.dim:
+        raise UserError(f"--input_dir has dim {text_m.dim} but --img_input_dir has dim {image_m.dim}")
+    seconds["pass1"] = time.perf_counter() - t0
+    acfg = AlignConfig(method="realign", strict=cfg.strict_finite)
+    stats = METHODS["realign"].derive(text_m, image_m, acfg, where=f"--input_dir {cfg.input_dir}")
+    assert stats.mu_i is not None and stats.scale is not None
+
+    t1 = time.perf_counter()
+    n_hat = 0
+    sum_h = torch.zeros(stats.dim, dtype=torch.float64)
+    for f in tqdm(texts[::-1], desc="pass 2 centroid", unit="file", disable=not show, leave=False):
+        _, x = loader.get(f)
+        xt = torch.from_numpy(x)
+        for s, e in _blocks(x.shape[0], cfg.chunk_size):
+            n, part = realign_centroid(xt[s:e], stats.mu_t, stats.mu_i, stats.scale)
+            n_hat += n
+            sum_h += part
+    if cfg.strict_finite and not bool(torch.isfinite(sum_h).all()):
+        raise UserError(f"--input_dir {cfg.input_dir}: the projected rows hold non-finite values")
+    stats = stats.with_centroid(n_hat, sum_h)
+    mu_hat = stats.mu_hat
+    assert mu_hat is not None
+    seconds["pass2"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    outputs = []
+    trace_dir = cfg.output_dir / "trace"
+    for f in tqdm(texts, desc="pass 3 apply", unit="file", disable=not show, leave=False):
+        records, x = loader.get(f)
+        out = np.empty(x.shape, dtype=np.float32)
+        xt = torch.from_numpy(x)
+        ot = torch.from_numpy(out)
+        for s, e in _blocks(x.shape[0], cfg.chunk_size):
+            ot[s:e] = realign_apply(xt[s:e], stats.mu_t, stats.mu_i, stats.scale, mu_hat)
+        if cfg.strict_finite and not np.isfinite(out.sum(dtype=np.float64)):
+            raise UserError(f"{f}: the aligned rows hold non-finite values")
+        loader.forget()
+        aligned: list[dict[str, Any]] = []
+        j = 0
+        for rec in records:
+            if rec.get("embed") is None:
+                continue
+            aligned.append({k: (out[j] if k == "embed" else v) for k, v in rec.items()})
+            j += 1
+        del records, x, xt
+        target = trace_dir / f"{f.stem}_trace.pkl"
+        _write_pickle_streamed(target, aligned)
+        outputs.append(target)
+        del aligned, out, ot
+    seconds["pass3"] = time.perf_counter() - t2
+
+    if cfg.save_stats:
+        write_pickle(cfg.output_dir / "trace_stats.pkl", trace_stats_record(stats, strict_finite=cfg.strict_finite))
+    write_pickle(cfg.mean_path, stats.mu_t.numpy().astype(np.float32))
+    seconds["total"] = time.perf_counter() - t0
+    return PickleAlignResult(stats, text_m.n, image_m.n, outputs, seconds, loader.loads)
