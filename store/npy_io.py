@@ -163,7 +163,7 @@ class NpySource(Source):
             cols.append(self._id_column)
         for first, batch in iter_slices(self._pfs[file_index], start_item, batch_rows, cols or [self._id_column or ""]):
             hi = first + batch.num_rows
-            where = f"{npy.path}: row {first}"
+            where = (npy.path, first)
             ids = batch_ids(batch, self._id_column, base + first, where)
             meta = {c.name: column_values(batch, c, where) for c in self._columns}
             yield Batch(file_index, npy.read(first, hi), ids, meta, np.arange(first, hi, dtype=np.int64), 0, hi)
@@ -172,7 +172,7 @@ class NpySource(Source):
         if self._id_column is None:
             return str(int(self._offsets[file_index]) + item)
         for first, batch in iter_slices(self._pfs[file_index], item, 1, [self._id_column]):
-            return batch_ids(batch, self._id_column, first, "")[0]
+            return batch_ids(batch, self._id_column, first, (Path(), 0))[0]
         raise IndexError(item)
 
 

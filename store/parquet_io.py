@@ -125,12 +125,12 @@ def _jsonable(v: Any) -> Any:
     return json.loads(json.dumps(v, default=str, allow_nan=False) if type(v) in (list, dict) else json.dumps(str(v)))
 
 
-def column_values(batch: pa.RecordBatch, col: Column, where: str) -> Any:
+def column_values(batch: pa.RecordBatch, col: Column, where: tuple[Path, int]) -> Any:
     """One metadata column of a record batch as values for FeatureStore.append."""
     arr = batch.column(col.name)
     if col.kind != "json" and arr.null_count:
         row = int(np.flatnonzero(~arr.is_valid().to_numpy(zero_copy_only=False))[0])
-        raise UserError(f"{where} + {row}: column {col.name!r} is null, but its kind is {col.kind}")
+        raise UserError(f"{where[0]}: row {where[1] + row}: column {col.name!r} is null, but its kind is {col.kind}")
     if col.kind == "str":
         return arr.to_numpy(zero_copy_only=False)
     if col.kind == "int64":
@@ -145,14 +145,14 @@ def column_values(batch: pa.RecordBatch, col: Column, where: str) -> Any:
     return [_jsonable(v) for v in values]
 
 
-def batch_ids(batch: pa.RecordBatch, id_column: str | None, first_row: int, where: str) -> list[str]:
+def batch_ids(batch: pa.RecordBatch, id_column: str | None, first_row: int, where: tuple[Path, int]) -> list[str]:
     """Ids from `id_column` (strings; integers are spelled out), or global row numbers."""
     if id_column is None:
         return [str(r) for r in range(first_row, first_row + batch.num_rows)]
     arr = batch.column(id_column)
     if arr.null_count:
         row = int(np.flatnonzero(~arr.is_valid().to_numpy(zero_copy_only=False))[0])
-        raise UserError(f"{where} + {row}: id column {id_column!r} is null")
+        raise UserError(f"{where[0]}: row {where[1] + row}: id column {id_column!r} is null")
     return [v if type(v) is str else str(v) for v in arr.to_pylist()]
 
 
@@ -179,7 +179,7 @@ def iter_slices(
         pos += batch.num_rows
 
 
-def embedding_matrix(arr: pa.Array, dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+def embedding_matrix(arr: pa.Array, dim: int, where: tuple[Path, int]) -> tuple[np.ndarray, np.ndarray]:
     """(valid (n,) bool, vectors (n_valid, dim)) from a list column; a null vector is not valid."""
     valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(len(arr), bool)
     if arr.null_count:
@@ -190,7 +190,8 @@ def embedding_matrix(arr: pa.Array, dim: int, where: str) -> tuple[np.ndarray, n
         if bad.size:
             row = int(np.flatnonzero(valid)[bad[0]])
             raise UserError(
-                f"{where} + {row}: dimension mismatch: a vector of {lengths[bad[0]]} values, expected {dim}"
+                f"{where[0]}: row {where[1] + row}: dimension mismatch: "
+                f"a vector of {lengths[bad[0]]} values, expected {dim}"
             )
     flat = arr.flatten().to_numpy(zero_copy_only=False)
     return valid, flat.reshape(-1, dim)
@@ -292,7 +293,7 @@ class ParquetSource(Source):
         if self._id_column and self._id_column not in cols:
             cols.append(self._id_column)
         for first, batch in iter_slices(pf, start_item, batch_rows, cols):
-            where = f"{path}: row {first}"
+            where = (path, first)
             valid, vectors = embedding_matrix(batch.column(self._emb), self.dim, where)
             ids = batch_ids(batch, self._id_column, int(self._offsets[file_index]) + first, where)
             meta = {c.name: column_values(batch, c, where) for c in self._columns}
@@ -307,7 +308,7 @@ class ParquetSource(Source):
     def id_at(self, file_index: int, item: int) -> str:
         cols = [self._id_column] if self._id_column else [self._emb]
         for first, batch in iter_slices(self._pfs[file_index], item, 1, cols):
-            return batch_ids(batch, self._id_column, int(self._offsets[file_index]) + first, "")[0]
+            return batch_ids(batch, self._id_column, int(self._offsets[file_index]) + first, (Path(), 0))[0]
         raise IndexError(item)
 
 
