@@ -361,7 +361,8 @@ class _Job:
         """Apply --nonfinite to a batch; returns what to append (vectors in a dtype the store takes)."""
         x = batch.vectors
         # Check what will be stored: a float32 value past 65504 becomes Inf in a float16 store.
-        conv = x.astype(np.float32 if st.dtype == "bfloat16" else st.np_dtype, copy=False)
+        with np.errstate(over="ignore"):
+            conv = x.astype(np.float32 if st.dtype == "bfloat16" else st.np_dtype, copy=False)
         ok = np.isfinite(conv).all(axis=1)
         if ok.all():
             return conv, batch.ids, batch.metadata, batch.items
