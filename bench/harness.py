@@ -50,7 +50,19 @@ def time_it(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 3) -> Timi
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MiB)."""
+    """Peak resident set size of this process so far (MiB).
+
+    Linux's VmHWM belongs to the current program image, whereas ru_maxrss survives fork + exec and so
+    reports at least the parent's size: a benchmark measured in a subprocess would inherit its
+    parent's peak. Falls back to ru_maxrss where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
