@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"revision.commands.{name}")
-        except ModuleNotFoundError as exc:
-            # TEMPORARY while the team builds the commands in parallel; removed before release.
-            if exc.name == f"revision.commands.{name}":
-                continue
-            raise
+        module = importlib.import_module(f"revision.commands.{name}")
         module.register(sub)
     return parser
 
