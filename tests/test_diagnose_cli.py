@@ -175,3 +175,15 @@ def test_bad_input_is_a_clear_error(corpus: dict, tmp_path: Path, capsys) -> Non
     err = _run_error([*base, "--image", str(tmp_path / "missing.zarr")], capsys)
     assert "missing.zarr" in err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_full_spectrum_covers_all_rows(corpus: dict) -> None:
+    m = diagnose(corpus["text"], corpus["image"], sample=100, full_spectrum=True)["raw"]
+    t = unit(corpus["text_v"])
+    want = np.linalg.eigvalsh(np.cov(t, rowvar=False, bias=True))[::-1]
+    got = np.asarray(m["spectrum_text"])
+    assert m["spectrum_source"] == "all rows"
+    assert np.abs(got - want[: len(got)]).max() < 1e-6, np.abs(got - want[: len(got)]).max()
+    assert m["anisotropy_text"]["top1_fraction"] == pytest.approx(want[0] / want.sum(), rel=1e-5)
+    default = diagnose(corpus["text"], corpus["image"], sample=100)["raw"]
+    assert "sample of 100 text" in default["spectrum_source"]

@@ -13,8 +13,8 @@ from revision.diagnose.streamed import (
     gap_metrics,
     paired_gap,
     relative_gap,
-    stream_paired_cosine,
     stream_sums,
+    stream_together,
     sums_of_blocks,
 )
 
@@ -78,10 +78,13 @@ def test_paired_rmg_equals_brute_force_and_identity_stream() -> None:
     i = (t + 0.3 * rng.standard_normal(t.shape)).astype(np.float32)
     i = unit_rows(i)
     ts, is_ = sums_of_blocks([t], d), sums_of_blocks([i], d)
-    n, total = stream_paired_cosine(ArraySource(t, block=17), ArraySource(i, block=17), block_rows=29)
-    got = paired_gap(n, total, ts, is_)
+    img_sums, (tp,) = stream_together(ArraySource(i, block=17), [ArraySource(t, block=23)], [True], block_rows=29)
+    assert tp.pair_rows == len(t)
+    np.testing.assert_allclose(tp.sums.total, ts.total, atol=1e-5)
+    np.testing.assert_allclose(img_sums.total, is_.total, atol=1e-5)
+    got = paired_gap(tp.pair_rows, tp.pair_cos_sum, ts, is_)
     want = rmg_paired_brute(t, i)
-    assert abs(got - want) < 1e-9, f"paired {got} vs brute force {want}"
+    assert abs(got - want) < 1e-6, f"paired {got} vs brute force {want} (rows renormalised in float32)"
     assert got < 0.5, "pairs closer than random rows must give a paired RMG below 0.5"
 
 
@@ -107,7 +110,7 @@ def test_streamed_sums_equal_in_memory_reference(n: int, d: int, block: int, see
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, d)).astype(np.float32) * rng.uniform(0.1, 10, d).astype(np.float32)
     src = ArraySource(x, block=block)
-    acc = stream_sums(src)
+    acc = stream_sums(src, covariance=True)
     u = unit_rows(x).astype(np.float64)
     mean = u.mean(axis=0)
     cov = (u - mean).T @ (u - mean) / n
@@ -162,3 +165,13 @@ def test_relative_gap_extremes() -> None:
     assert relative_gap(1.0, 1.0, 1.0) != relative_gap(1.0, 1.0, 1.0)  # nan: all points identical
     assert relative_gap(-1.0, 1.0, 1.0) == 1.0
     assert isinstance(RowSums(3).trace, float)
+
+
+def test_stream_together_unpaired_and_paired_agree() -> None:
+    rng = np.random.default_rng(9)
+    a, b, c = (unit_rows(rng.standard_normal((n, 6)).astype(np.float32)) for n in (50, 50, 31))
+    img, (pa, pb) = stream_together(ArraySource(a, block=7), [ArraySource(b), ArraySource(c)], [True, False])
+    assert pa.pair_rows == 50 and pb.pair_rows == 0 and pb.sums.n == 31
+    assert abs(pa.pair_cos_sum - float(np.einsum("ij,ij->", a.astype(np.float64), b))) < 1e-5
+    with pytest.raises(ValueError, match="equal row counts"):
+        stream_together(ArraySource(a), [ArraySource(c)], [True])

@@ -48,12 +48,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=int,
         default=None,
         metavar="N",
-        help="rows per modality for the sampled metrics (default: min(10000, rows))",
+        help="rows per modality for the sampled metrics (default: min(5000, rows))",
     )
     p.add_argument("--k", type=int, default=10, help="neighbours for k-NN mixing (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of every sample (default: 0)")
     p.add_argument(
         "--threads", type=int, default=None, help="FAISS threads (default: the fastest of a quick measurement)"
+    )
+    p.add_argument(
+        "--full-spectrum",
+        action="store_true",
+        help="covariance spectrum over all rows (a D×D float64 matrix, O(rows·D²) time); default: from the sample",
     )
     p.add_argument("--no-gpu", action="store_true", help="never use a FAISS GPU index")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
@@ -87,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda msg: print(f"revision diagnose: {msg}", file=sys.stderr))
     result = run_diagnosis(
         args.text, args.image, aligned=_aligned(args.aligned), sample=args.sample, k=args.k, seed=args.seed,
-        pairs=args.pairs, pairs_file=args.pairs_file, gpu=not args.no_gpu, threads=args.threads, log=log,
+        pairs=args.pairs, pairs_file=args.pairs_file, gpu=not args.no_gpu, threads=args.threads,
+        full_spectrum=args.full_spectrum, log=log,
     )  # fmt: skip
     metrics_path, report_path = write_outputs(result, args.out)
     print(text_table(result.metrics))

@@ -4,7 +4,7 @@ One call does it all::
 
     from revision.diagnose import diagnose
     metrics = diagnose("text.zarr", "image.zarr", aligned={"realign": "aligned.zarr"},
-                       out="report_dir", sample=10_000, k=10)
+                       out="report_dir", sample=5_000, k=10)
 
 `metrics` is what `report_dir/metrics.json` holds: {"raw": {...}, "aligned": {...}} (one
 entry per aligned store, keyed "aligned" when there is one, else by name).
@@ -47,21 +47,24 @@ def diagnose(
     pairs_file: str | Path | None = None,
     gpu: bool = True,
     threads: int | None = None,
+    full_spectrum: bool = False,
     log: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Gap metrics of raw (and aligned) text against images; writes the report when `out` is given.
 
     text, image, aligned values: store paths, open FeatureStores or (n, dim) NumPy arrays.
-    sample: rows per modality for the sampled metrics (None → min(10,000, rows); more rows
+    sample: rows per modality for the sampled metrics (None → min(5,000, rows); more rows
         than a store holds is an error). k: neighbours for k-NN mixing. seed: all sampling.
     pairs: pair rows by equal ids; pairs_file: CSV/TSV/Parquet with text_id, image_id.
     gpu: use a FAISS GPU index when faiss has one; threads: FAISS threads (None → measured).
+    full_spectrum: accumulate the D×D covariance over all rows in the stream (slower: O(N·D²));
+        by default the spectrum comes from the samples.
     log: a callable taking progress messages (e.g. print), or None.
     Raises revision.errors.UserError on bad input.
     """
     result = run_diagnosis(
         text, image, aligned=aligned, sample=sample, k=k, seed=seed, pairs=pairs,
-        pairs_file=pairs_file, gpu=gpu, threads=threads, log=log,
+        pairs_file=pairs_file, gpu=gpu, threads=threads, full_spectrum=full_spectrum, log=log,
     )  # fmt: skip
     if out is not None:
         write_outputs(result, out)

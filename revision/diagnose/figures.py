@@ -26,7 +26,7 @@ _ENTRY_COLOURS = ["#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
 
@@ -34,7 +34,9 @@ def _png(fig: Any) -> bytes:
 def cosine_histograms(metrics: Mapping[str, Any], figs: Mapping[str, EntryFigures]) -> bytes:
     """Cross- vs intra-modal cosine histograms, one panel per entry, on a shared x axis."""
     keys = list(figs)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(keys), figsize=(5.2 * len(keys), 3.6), sharex=True, squeeze=False, layout="constrained"
+    )
     bins = np.linspace(-1.0, 1.0, 101)
     for ax, key in zip(axes[0], keys, strict=True):
         f = figs[key]
@@ -58,7 +60,7 @@ def cosine_histograms(metrics: Mapping[str, Any], figs: Mapping[str, EntryFigure
 def pca_scatter(metrics: Mapping[str, Any], figs: Mapping[str, EntryFigures]) -> bytes:
     """Both modalities on the top two principal axes of each entry's pooled sample."""
     keys = list(figs)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 4.4), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys, strict=True):
         f = figs[key]
         ax.scatter(f.pca_image[:, 0], f.pca_image[:, 1], s=3, alpha=0.4, color=_IMAGE,
@@ -76,7 +78,7 @@ def pca_scatter(metrics: Mapping[str, Any], figs: Mapping[str, EntryFigures]) ->
 
 def spectra(metrics: Mapping[str, Any]) -> bytes:
     """Top covariance eigenvalues of the image rows and of each entry's text rows (log scale)."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
     first = next(iter(metrics.values()))
     img = first.get("spectrum_image") or []
     ax.semilogy(np.arange(1, len(img) + 1), img, color=_IMAGE, linewidth=2, label="image")
@@ -85,7 +87,7 @@ def spectra(metrics: Mapping[str, Any]) -> bytes:
         spec = m.get("spectrum_text") or []
         ax.semilogy(np.arange(1, len(spec) + 1), spec, color=_TEXT, linestyle=styles[j % len(styles)],
                     linewidth=1.6, label=f"text, {m.get('label', key)}")  # fmt: skip
-    source = "a sample" if first.get("spectrum_from_sample") else "all rows"
+    source = first.get("spectrum_source", "all rows")
     ax.set_title(f"Covariance spectrum of the unit rows (top {len(img)}, from {source})")
     ax.set_xlabel("eigenvalue rank")
     ax.set_ylabel("eigenvalue")
@@ -97,7 +99,9 @@ def spectra(metrics: Mapping[str, Any]) -> bytes:
 def knn_bars(metrics: Mapping[str, Any]) -> bytes:
     """k-NN mixing per entry against the ideal, and how many of the k neighbours are images."""
     keys = list(metrics)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.6), gridspec_kw={"width_ratios": [1, 2]})
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(10.5, 3.6), gridspec_kw={"width_ratios": [1, 2]}, layout="constrained"
+    )
     labels = [metrics[k_].get("label", k_) for k_ in keys]
     colours = [_ENTRY_COLOURS[j % len(_ENTRY_COLOURS)] for j in range(len(keys))]
     mixing = [metrics[k_]["knn_mixing"] for k_ in keys]

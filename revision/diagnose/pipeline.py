@@ -24,9 +24,12 @@ from revision.diagnose.pairs import PairSet, pairs_by_ids, pairs_from_file
 from revision.diagnose.sources import VectorSource, describe, open_source, read_unit_rows, sample_indices
 from revision.errors import UserError
 
-# 10k rows per modality keeps the sampled metrics to seconds on two cores at D = 768, with
-# k-NN mixing and separability stable to about ±0.01 (binomial noise at this size).
-DEFAULT_SAMPLE = 10_000
+# 5k rows per modality: the sampled metrics of one store take a few seconds on two cores at
+# D = 768 (k-NN is quadratic in the sample), so the demo's raw + five aligned stores at 200k rows
+# stay well under a minute of sampled work; k-NN mixing and separability are stable to about
+# ±0.01 at this size (binomial noise).
+DEFAULT_SAMPLE = 5_000
+PCA_POINTS = 2_000
 MIN_SAMPLE = 10
 _IMAGE_SEED_OFFSET = 7919
 
@@ -93,6 +96,7 @@ def run_diagnosis(
     exact_limit: int = neighbours.EXACT_LIMIT,
     gpu: bool = True,
     threads: int | None = None,
+    full_spectrum: bool = False,
     log: Any = None,
 ) -> Diagnosis:
     """Compute every metric; see `diagnose` for the arguments."""
@@ -110,24 +114,42 @@ def run_diagnosis(
             raise UserError(f"{flag} has dim {src.dim} but --image has dim {img.dim}: stores of different dim")
     sizes = _sample_size(sample, {"--image": img, **{flag: src for _, _, flag, src in entries}})
 
+    pairsets: list[PairSet | None] = []
     t0 = time.perf_counter()
-    say(f"streaming --image ({img.rows:,} rows)")
-    img_sums = streamed.stream_sums(img)
-    img_stream_s = time.perf_counter() - t0
+    for _, label, flag, src in entries:
+        if pairs:
+            say(f"pairing {label} with --image by id")
+            pairsets.append(pairs_by_ids(src, img, sample=sizes[flag], seed=seed))
+        elif pairs_file is not None:
+            say(f"pairing {label} with --image from {pairs_file}")
+            pairsets.append(pairs_from_file(pairs_file, src, img, sample=sizes[flag], seed=seed))
+        else:
+            pairsets.append(None)
+    pair_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say(f"streaming every row: --image ({img.rows:,} rows) and {len(entries)} text store(s)")
+    img_sums, passes = streamed.stream_together(
+        img,
+        [src for *_, src in entries],
+        [p is not None and p.kind == "identity" for p in pairsets],
+        covariance=full_spectrum,
+    )
+    stream_s = time.perf_counter() - t0
     img_idx = sample_indices(img.rows, sizes["--image"], seed + _IMAGE_SEED_OFFSET)
     img_vecs = read_unit_rows(img, img_idx)
+    img_spectrum = None if full_spectrum else sampled.sample_spectrum(img_vecs)
 
     result = Diagnosis(metrics={})
-    for key, label, flag, src in entries:
-        say(f"diagnosing {label} ({src.rows:,} text rows)")
+    for (key, label, flag, src), tp, pairset in zip(entries, passes, pairsets, strict=True):
+        say(f"sampled metrics of {label}")
         m, figs = _diagnose_entry(
-            src, flag, img, img_sums, img_vecs,
-            n_sample=sizes[flag], k=k, seed=seed, pairs=pairs, pairs_file=pairs_file,
-            exact_limit=exact_limit, gpu=gpu, threads=threads,
+            src, tp, pairset, img, img_sums, img_vecs, img_spectrum,
+            n_sample=sizes[flag], k=k, seed=seed, exact_limit=exact_limit, gpu=gpu, threads=threads,
         )  # fmt: skip
         m["label"] = label
         m["inputs"] = {"text": describe(src, flag), "image": describe(img, "--image")}
-        m["seconds"]["stream_image"] = img_stream_s
+        m["seconds"] = {"stream_all_stores": stream_s, "pair_all_stores": pair_s, **m["seconds"]}
         if key != "raw":
             m["residual_drift"] = m["centroid_gap"]
         result.metrics[key] = m
@@ -137,16 +159,16 @@ def run_diagnosis(
 
 def _diagnose_entry(
     src: VectorSource,
-    flag: str,
+    tp: streamed.TextPass,
+    pairset: PairSet | None,
     img: VectorSource,
     img_sums: streamed.RowSums,
     img_vecs: np.ndarray,
+    img_spectrum: np.ndarray | None,
     *,
     n_sample: int,
     k: int,
     seed: int,
-    pairs: bool,
-    pairs_file: str | Path | None,
     exact_limit: int,
     gpu: bool,
     threads: int | None,
@@ -159,35 +181,37 @@ def _diagnose_entry(
         seconds[name] = time.perf_counter() - t0
         return value
 
-    sums = timed("stream_text", lambda: streamed.stream_sums(src))
-    m: dict[str, Any] = streamed.gap_metrics(sums, img_sums)
-    idx = timed("sample_text", lambda: sample_indices(src.rows, n_sample, seed))
-    vecs = read_unit_rows(src, idx)
-    if m["spectrum_text"] is None:  # D too large for a streamed D×D co-moment
-        m["spectrum_text"] = sampled.sample_spectrum(vecs, streamed.SPECTRUM_TOP).tolist()
-        m["spectrum_image"] = sampled.sample_spectrum(img_vecs, streamed.SPECTRUM_TOP).tolist()
-        m["spectrum_from_sample"] = True
+    m: dict[str, Any] = streamed.gap_metrics(tp.sums, img_sums)
+    idx = sample_indices(src.rows, n_sample, seed)
+    vecs = timed("read_sample", lambda: read_unit_rows(src, idx))
+    if "spectrum_text" in m:
+        m["spectrum_source"] = "all rows"
+    else:
+        # Sample spectra (the default, and whenever D is too large for a streamed D×D matrix).
+        m.update(timed("spectrum", lambda: streamed.spectrum_metrics(
+            sampled.sample_spectrum(vecs), img_spectrum if img_spectrum is not None
+            else sampled.sample_spectrum(img_vecs), tp.sums, img_sums)))  # fmt: skip
+        m["spectrum_source"] = f"a sample of {len(vecs):,} text and {len(img_vecs):,} image rows"
     m["sample"] = {"text_rows": len(vecs), "image_rows": len(img_vecs), "seed": seed}
 
     m.update(timed("knn", lambda: neighbours.knn_metrics(
         vecs, img_vecs, k=k, seed=seed, exact_limit=exact_limit, gpu=gpu, threads=threads)))  # fmt: skip
     m.update(timed("separability", lambda: sampled.linear_separability(vecs, img_vecs, seed=seed)))
     draws = sampled.cosine_draws(vecs, img_vecs, seed=seed)
-    pca_t, pca_i, explained = timed("pca", lambda: sampled.pca_2d(vecs[:2000], img_vecs[:2000]))
+    # A random subset, not the first rows: the sample is sorted by row, and row order may carry meaning.
+    rng = np.random.default_rng(seed)
+    pick_t = rng.choice(len(vecs), min(PCA_POINTS, len(vecs)), replace=False)
+    pick_i = rng.choice(len(img_vecs), min(PCA_POINTS, len(img_vecs)), replace=False)
+    pca_t, pca_i, explained = timed("pca", lambda: sampled.pca_2d(vecs[pick_t], img_vecs[pick_i]))
 
     pair_cos: np.ndarray | None = None
-    pairset: PairSet | None = None
-    if pairs:
-        pairset = timed("pairs", lambda: pairs_by_ids(src, img, sample=n_sample, seed=seed))
-    elif pairs_file is not None:
-        pairset = timed("pairs", lambda: pairs_from_file(pairs_file, src, img, sample=n_sample, seed=seed))
     if pairset is not None:
         t_vecs = _rows_in_order(src, pairset.text_rows)
         i_vecs = _rows_in_order(img, pairset.image_rows)
         pair_cos = np.einsum("ij,ij->i", t_vecs, i_vecs)
         m.update(timed("retrieval", lambda: sampled.retrieval(
             pairset.text_rows, pairset.image_rows, t_vecs, i_vecs)))  # fmt: skip
-        # The text→image / image→text pair of numbers under the issue's names: t2i is the headline.
+        # The issue's names for the headline direction, text→image.
         for r in (1, 5, 10):
             m[f"recall_at_{r}"] = m[f"recall_at_{r}_t2i"]
         m["median_rank"] = m["median_rank_t2i"]
@@ -196,9 +220,8 @@ def _diagnose_entry(
             "candidates": pairset.candidates, "unmatched": pairset.unmatched,
         }  # fmt: skip
         if pairset.kind == "identity":
-            n_p, cos_sum = timed("rmg_paired", lambda: streamed.stream_paired_cosine(src, img))
-            m["rmg_paired"] = streamed.paired_gap(n_p, cos_sum, sums, img_sums)
-            m["rmg_paired_rows"] = n_p
+            m["rmg_paired"] = streamed.paired_gap(tp.pair_rows, tp.pair_cos_sum, tp.sums, img_sums)
+            m["rmg_paired_rows"] = tp.pair_rows
         else:
             t_sums = streamed.sums_of_blocks([t_vecs], src.dim, with_covariance=False)
             i_sums = streamed.sums_of_blocks([i_vecs], src.dim, with_covariance=False)

@@ -188,7 +188,8 @@ def render_html(metrics: Mapping[str, Mapping[str, Any]], figs: Mapping[str, Ent
         ("2-D PCA of both modalities", figures.pca_scatter(metrics, figs),
          "With a gap the two colours form separate clouds, usually split along the first axis."),
         ("Covariance spectra", figures.spectra(metrics),
-         "A steep spectrum means an anisotropic cone; alignment should bring the text curve onto the image curve."),
+         "A steep spectrum means an anisotropic cone. An isotropic rescaling (ReAlign) matches the total "
+         "variance, not the shape; a covariance-matching method brings the text curve onto the image curve."),
         ("k-NN mixing", figures.knn_bars(metrics),
          "Without a gap a text row's neighbours are images in proportion to the pool (the dashed line)."),
     ]  # fmt: skip

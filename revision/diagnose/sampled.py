@@ -60,48 +60,47 @@ def linear_separability(text: np.ndarray, image: np.ndarray, *, seed: int, max_r
     }
 
 
-def _ranks(queries: np.ndarray, gallery: np.ndarray, correct: list[np.ndarray], block: int = 1024) -> np.ndarray:
-    """Rank (1 = best) of each query's best correct gallery item: 1 + #items scoring strictly higher."""
-    ranks = np.empty(len(queries), dtype=np.int64)
-    for s in range(0, len(queries), block):
-        sims = queries[s : s + block] @ gallery.T
-        best = np.array([sims[r, correct[s + r]].max() for r in range(len(sims))], dtype=sims.dtype)
-        ranks[s : s + block] = 1 + (sims > best[:, None]).sum(axis=1)
-    return ranks
+def _best_correct(queries: np.ndarray, gallery: np.ndarray, q_idx: np.ndarray, g_idx: np.ndarray) -> np.ndarray:
+    """Per query, the highest score among its correct gallery items (pairs q_idx[p] ↔ g_idx[p])."""
+    scores = np.einsum("ij,ij->i", queries[q_idx], gallery[g_idx])
+    best = np.full(len(queries), -np.inf, dtype=scores.dtype)
+    np.maximum.at(best, q_idx, scores)
+    return best
 
 
 def retrieval(
-    text_rows: np.ndarray, image_rows: np.ndarray, text_vecs: np.ndarray, image_vecs: np.ndarray
+    text_rows: np.ndarray, image_rows: np.ndarray, text_vecs: np.ndarray, image_vecs: np.ndarray, block: int = 1024
 ) -> dict[str, Any]:
     """Recall@1/5/10 and median rank, text→image and image→text, among the given pairs.
 
     Pair p joins text row text_rows[p] to image row image_rows[p]; text_vecs / image_vecs are
     the unit vectors of those rows, in the same order. The gallery of each direction is the set
     of distinct rows of the other modality in the pairs; a query may have several correct items
-    (one image, five captions), and its rank is that of the best of them.
+    (one image, five captions), and its rank is that of the best of them: 1 + the number of
+    gallery items scoring strictly higher. Both directions come from one pass over the
+    text × image similarity matrix, a block of text rows at a time.
     """
     ut, t_first, t_inv = np.unique(text_rows, return_index=True, return_inverse=True)
     ui, i_first, i_inv = np.unique(image_rows, return_index=True, return_inverse=True)
     t_gal = np.ascontiguousarray(text_vecs[t_first])
     i_gal = np.ascontiguousarray(image_vecs[i_first])
-    t_correct = _groups(t_inv, i_inv, len(ut))
-    i_correct = _groups(i_inv, t_inv, len(ui))
+    best_t = _best_correct(t_gal, i_gal, t_inv, i_inv)
+    best_i = _best_correct(i_gal, t_gal, i_inv, t_inv)
+    # Scores recomputed by the matmul may differ from the einsum's in the last bit; a correct
+    # item must never count as scoring above itself, so compare with a little slack.
+    slack = 1e-6
+    t_above = np.empty(len(ut), dtype=np.int64)
+    i_above = np.zeros(len(ui), dtype=np.int64)
+    for s in range(0, len(ut), block):
+        sims = t_gal[s : s + block] @ i_gal.T
+        t_above[s : s + block] = (sims > best_t[s : s + block, None] + slack).sum(axis=1)
+        i_above += (sims > best_i[None, :] + slack).sum(axis=0)
     out: dict[str, Any] = {"retrieval_texts": len(ut), "retrieval_images": len(ui)}
-    for name, ranks in (
-        ("t2i", _ranks(t_gal, i_gal, t_correct)),
-        ("i2t", _ranks(i_gal, t_gal, i_correct)),
-    ):
+    for name, ranks in (("t2i", 1 + t_above), ("i2t", 1 + i_above)):
         for k in (1, 5, 10):
             out[f"recall_at_{k}_{name}"] = float((ranks <= k).mean())
         out[f"median_rank_{name}"] = float(np.median(ranks))
     return out
-
-
-def _groups(keys: np.ndarray, values: np.ndarray, n_keys: int) -> list[np.ndarray]:
-    order = np.argsort(keys, kind="stable")
-    bounds = np.searchsorted(keys[order], np.arange(n_keys + 1))
-    vals = values[order]
-    return [np.unique(vals[bounds[j] : bounds[j + 1]]) for j in range(n_keys)]
 
 
 def cosine_draws(text: np.ndarray, image: np.ndarray, *, seed: int, n: int = 50_000) -> dict[str, np.ndarray]:
@@ -139,9 +138,12 @@ def pca_2d(text: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return (text - centre) @ axes, (image - centre) @ axes, explained
 
 
-def sample_spectrum(x: np.ndarray, top: int) -> np.ndarray:
-    """Top covariance eigenvalues of a sample (used when D is too large to stream a D×D matrix)."""
+def sample_spectrum(x: np.ndarray, top: int | None = None) -> np.ndarray:
+    """Covariance eigenvalues of a sample, largest first (the `top` largest when given)."""
     centred = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
-    # Singular values of the (n, D) sample avoid forming D×D when D ≫ n.
-    sing = np.linalg.svd(centred, compute_uv=False)
-    return (sing**2 / len(x))[:top]
+    if len(x) >= x.shape[1]:
+        vals = np.linalg.eigvalsh(centred.T @ centred / len(x))[::-1]
+    else:
+        # Singular values of the (n, D) sample avoid forming D×D when D ≫ n.
+        vals = np.linalg.svd(centred, compute_uv=False) ** 2 / len(x)
+    return np.clip(vals, 0.0, None)[:top]

@@ -18,6 +18,9 @@ from revision.errors import UserError
 
 # The reference leaves rows shorter than this unscaled (a zero row stays zero).
 _TINY_NORM = 1e-10
+# Squared norms in this range are safe for x * (1/sqrt(ss)) in float32: no overflow, no subnormals.
+_FAST_SS_LOW = 1e-19
+_FAST_SS_HIGH = 1e36
 
 
 @runtime_checkable
@@ -36,6 +39,8 @@ class VectorSource(Protocol):
     def iter_chunks(
         self, start: int = 0, stop: int | None = None, block_rows: int | None = None, prefetch: int = 2
     ) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray: ...
 
     def read_rows(self, indices: np.ndarray) -> np.ndarray: ...
 
@@ -75,6 +80,9 @@ class ArraySource:
         step = block_rows or self.block
         for s in range(start, stop, step):
             yield s, self.vectors[s : min(s + step, stop)]
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.vectors[start:stop]
 
     def read_rows(self, indices: np.ndarray) -> np.ndarray:
         return self.vectors[np.asarray(indices, dtype=np.int64)]
@@ -121,12 +129,25 @@ def unit_rows(block: np.ndarray, dtype: str = "float32") -> np.ndarray:
     """Rows as float32 unit vectors, by the reference's rule.
 
     NaN/±Inf become 0; rows are divided by their max-abs first (overflow-safe); rows whose norm
-    is below 1e-10 are left unscaled, so a zero row stays zero.
+    is below 1e-10 are left unscaled, so a zero row stays zero. Ordinary rows take one fast
+    multiply by 1/‖x‖; only the exceptional ones go through the careful rule.
     """
-    x = as_float32(block, dtype)
-    x = np.where(np.isfinite(x), x, np.float32(0.0)).astype(np.float32, copy=False)
+    x = np.array(as_float32(block, dtype), dtype=np.float32, copy=True)
     if x.size == 0:
         return x
+    ss = np.einsum("ij,ij->i", x, x)
+    # NaN fails both comparisons, so rows with non-finite values land in `bad` too.
+    ok = (ss >= _FAST_SS_LOW) & (ss <= _FAST_SS_HIGH)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        x *= np.where(ok, 1.0 / np.sqrt(ss), np.float32(1.0)).astype(np.float32)[:, None]
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        x[bad] = _careful_unit_rows(x[bad])
+    return x
+
+
+def _careful_unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.where(np.isfinite(x), x, np.float32(0.0)).astype(np.float32, copy=False)
     peak = np.abs(x).max(axis=1, keepdims=True)
     scaled = x / np.where(peak > 0, peak, np.float32(1.0))
     scaled_norm = np.linalg.norm(scaled, axis=1, keepdims=True)

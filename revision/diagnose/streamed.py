@@ -1,9 +1,9 @@
 """Exact gap statistics from one streaming pass over every row: centroids, traces, RMG, spectrum.
 
 Everything here comes from per-modality sums over the unit rows, accumulated in float64:
-the count, the vector sum, the sum of squared norms and (for D ≤ `MAX_COVARIANCE_DIM`) the
-centred co-moment matrix, merged chunk by chunk with Chan's formula. Memory is one chunk plus
-a D×D matrix, whatever the number of rows.
+the count, the vector sum, the sum of squared norms and, when asked for (D ≤
+`MAX_COVARIANCE_DIM`), the centred co-moment matrix, merged chunk by chunk with Chan's formula.
+Memory is one chunk plus at most a D×D matrix, whatever the number of rows.
 
 The relative modality gap (Schrodi et al., 2024) with d(u, v) = (1 − cos(u, v)) / 2 is exact
 from those sums: over all cross pairs, mean cos = (Σt · Σi) / (N_t N_i); over pairs i ≠ j of
@@ -13,14 +13,13 @@ one modality, mean cos = (‖Σx‖² − Σ‖x‖²) / (N (N − 1)).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from revision.diagnose.sources import VectorSource, unit_rows
-from revision.errors import UserError
 
 # A float64 D×D co-moment is 32 MiB at D = 2048; beyond that the spectrum comes from the sample.
 MAX_COVARIANCE_DIM = 2048
@@ -108,38 +107,56 @@ def sums_of_blocks(blocks: Iterable[np.ndarray], dim: int, *, with_covariance: b
     return acc
 
 
-def stream_sums(src: VectorSource, *, block_rows: int | None = None, progress: Any = None) -> RowSums:
+def stream_sums(src: VectorSource, *, covariance: bool = False, block_rows: int | None = None) -> RowSums:
     """One pass over every row of `src`: the RowSums of its unit rows."""
-    with_cov = src.dim <= MAX_COVARIANCE_DIM
-    acc = RowSums(src.dim, with_covariance=with_cov)
+    acc = RowSums(src.dim, with_covariance=covariance and src.dim <= MAX_COVARIANCE_DIM)
     for _, block in src.iter_chunks(block_rows=block_rows):
         acc.add(unit_rows(block, src.dtype))
-        if progress is not None:
-            progress.update(len(block))
     return acc
 
 
-def stream_paired_cosine(
-    text: VectorSource, image: VectorSource, *, block_rows: int | None = None
-) -> tuple[int, float]:
-    """Σ cos(text_r, image_r) over rows r, streaming both stores in step (identity pairing)."""
-    if text.rows != image.rows:
-        raise UserError(f"identity pairing needs equal row counts, got {text.rows} and {image.rows}")
-    step = block_rows or 65536
-    total = 0.0
-    for start in range(0, text.rows, step):
-        stop = min(start + step, text.rows)
-        t = unit_rows(_read_range(text, start, stop), text.dtype)
-        i = unit_rows(_read_range(image, start, stop), image.dtype)
-        total += float(np.einsum("ij,ij->", t, i, dtype=np.float64))
-    return text.rows, total
+@dataclass
+class TextPass:
+    """What one pass gives for a text-like store: its sums, and with identity pairs Σ cos(t_r, i_r)."""
+
+    sums: RowSums
+    pair_rows: int = 0
+    pair_cos_sum: float = 0.0
 
 
-def _read_range(src: VectorSource, start: int, stop: int) -> np.ndarray:
-    read = getattr(src, "read", None)
-    if read is not None:
-        return np.asarray(read(start, stop))
-    return np.concatenate([b for _, b in src.iter_chunks(start=start, stop=stop)])
+def stream_together(
+    image: VectorSource,
+    texts: Sequence[VectorSource],
+    paired: Sequence[bool],
+    *,
+    covariance: bool = False,
+    block_rows: int | None = None,
+) -> tuple[RowSums, list[TextPass]]:
+    """Sums of the image store and of every text store, reading each store once.
+
+    Text stores paired row by row with the images (`paired[j]`, equal row counts) are read in
+    step with the image blocks, which also gives the exact Σ cos(text_r, image_r) over all rows;
+    the others are streamed on their own.
+    """
+    with_cov = covariance and image.dim <= MAX_COVARIANCE_DIM
+    img = RowSums(image.dim, with_covariance=with_cov)
+    out = [TextPass(RowSums(t.dim, with_covariance=with_cov)) for t in texts]
+    stepped = [j for j, p in enumerate(paired) if p]
+    for j in stepped:
+        if texts[j].rows != image.rows:
+            raise ValueError(f"row-by-row pairing needs equal row counts, got {texts[j].rows} and {image.rows}")
+    for lo, block in image.iter_chunks(block_rows=block_rows):
+        i_unit = unit_rows(block, image.dtype)
+        img.add(i_unit)
+        for j in stepped:
+            t_unit = unit_rows(texts[j].read(lo, lo + len(block)), texts[j].dtype)
+            out[j].sums.add(t_unit)
+            out[j].pair_rows += len(t_unit)
+            out[j].pair_cos_sum += float(np.einsum("ij,ij->", t_unit, i_unit, dtype=np.float64))
+    for j, src in enumerate(texts):
+        if not paired[j]:
+            out[j].sums = stream_sums(src, covariance=with_cov, block_rows=block_rows)
+    return img, out
 
 
 def dissimilarity(cos: float) -> float:
@@ -161,7 +178,7 @@ def anisotropy(eigs: np.ndarray | None, mean_cos: float) -> dict[str, float | No
     if eigs is not None and eigs.sum() > 0:
         p = eigs / eigs.sum()
         nz = p[p > 0]
-        out["top1_fraction"] = float(p[0])
+        out["top1_fraction"] = float(p[0])  # of the eigenvalues given (all of them: the trace)
         out["effective_rank"] = float(math.exp(-(nz * np.log(nz)).sum()))
     return out
 
@@ -173,8 +190,7 @@ def gap_metrics(text: RowSums, image: RowSums) -> dict[str, Any]:
     nt, ni = float(np.linalg.norm(mu_t)), float(np.linalg.norm(mu_i))
     cross_cos = float(mu_t @ mu_i)
     intra_t, intra_i = text.mean_intra_cosine(), image.mean_intra_cosine()
-    eig_t, eig_i = text.eigenvalues(), image.eigenvalues()
-    return {
+    out = {
         "rows_text": text.n,
         "rows_image": image.n,
         "centroid_gap": gap,
@@ -186,10 +202,23 @@ def gap_metrics(text: RowSums, image: RowSums) -> dict[str, Any]:
         "mean_intra_cosine_text": intra_t,
         "mean_intra_cosine_image": intra_i,
         "rmg": relative_gap(cross_cos, intra_t, intra_i),
-        "spectrum_text": None if eig_t is None else eig_t[:SPECTRUM_TOP].tolist(),
-        "spectrum_image": None if eig_i is None else eig_i[:SPECTRUM_TOP].tolist(),
-        "anisotropy_text": anisotropy(eig_t, intra_t),
-        "anisotropy_image": anisotropy(eig_i, intra_i),
+    }
+    eig_t, eig_i = text.eigenvalues(), image.eigenvalues()
+    if eig_t is not None and eig_i is not None:
+        out.update(spectrum_metrics(eig_t, eig_i, text, image))
+    return out
+
+
+def spectrum_metrics(eig_t: np.ndarray, eig_i: np.ndarray, text: RowSums, image: RowSums) -> dict[str, Any]:
+    """Top covariance eigenvalues and anisotropy figures of both modalities.
+
+    eig_t, eig_i: all available covariance eigenvalues, largest first (streamed or from a sample).
+    """
+    return {
+        "spectrum_text": eig_t[:SPECTRUM_TOP].tolist(),
+        "spectrum_image": eig_i[:SPECTRUM_TOP].tolist(),
+        "anisotropy_text": anisotropy(eig_t, text.mean_intra_cosine()),
+        "anisotropy_image": anisotropy(eig_i, image.mean_intra_cosine()),
     }
 
 
