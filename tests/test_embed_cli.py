@@ -22,7 +22,7 @@ import torch
 from revision.cli import main
 from revision.embed import runner
 from revision.embed.encoders import features_of
-from revision.embed.tiny import build_tiny_clip, write_tiny_dataset
+from revision.embed.tiny import build_tiny_clip, build_tiny_siglip, write_tiny_dataset
 from revision.store import FeatureStore
 
 
@@ -253,3 +253,35 @@ def test_wrong_image_root_exit_2(tiny: dict[str, Path], tmp_path: Path, capsys: 
                  "--modality", "image", "--no-progress", "--workers", "0"])  # fmt: skip
     assert code == 2
     assert "--image-root: none of the first" in capsys.readouterr().err
+
+
+def test_siglip_pads_to_max_length(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = build_tiny_siglip(tmp_path / "siglip", seed=5)
+    out = tmp_path / "o"
+    assert (
+        _embed({**tiny, "model": model_dir}, out, "--batch-size", "4", "--workers", "0", "--store-dtype", "float32")
+        == 0
+    )
+    store = FeatureStore.open(out / "text.zarr")
+    assert FeatureStore.open(out / "image.zarr").rows == 14
+    model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    texts = [t["text"] for t in json.loads(tiny["data"].read_text())["texts"] if t["text"].strip()]
+
+    def per_item(padding: str) -> np.ndarray:
+        with torch.inference_mode():
+            rows = [
+                features_of(
+                    model.get_text_features(**tok([t], padding=padding, truncation=True, return_tensors="pt")), "text"
+                )[0]
+                for t in texts
+            ]
+        mat = torch.stack(rows).double().numpy()
+        return mat / np.linalg.norm(mat, axis=1, keepdims=True)
+
+    # SigLIP pools the last position: only max_length padding gives the trained behaviour.
+    assert_rows_close(store.read(), per_item("max_length"), atol=1e-5)
+    with pytest.raises(AssertionError):
+        assert_rows_close(store.read(), per_item("longest"), atol=1e-5)

@@ -152,3 +152,10 @@ def test_jsonl_bad_line_names_the_line(tmp_path: Path) -> None:
 def test_missing_data_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--data"):
         DatasetSource.open(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 5])
+def test_numbers_cut_by_the_buffer_are_read_whole(tmp_path: Path, block: int) -> None:
+    path = tmp_path / "n.json"
+    path.write_text('{"a": 0.5, "images": [1e-3, -0.25, 10, 3.0E+2]}')
+    assert list(iter_object_array(path, "images", block_chars=block)) == [1e-3, -0.25, 10, 3.0e2]

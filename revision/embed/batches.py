@@ -47,6 +47,12 @@ class ImageUnit:
     pixels: torch.Tensor | None = None
     failures: list[Failure] = field(default_factory=list)
 
+    def pin_memory(self) -> ImageUnit:
+        """Called by the DataLoader's pinning thread (CUDA): page-locked pixels copy asynchronously."""
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
 
 @dataclass
 class TextUnit:
@@ -57,6 +63,13 @@ class TextUnit:
     ok: list[Item] = field(default_factory=list)
     batches: list[tuple[list[int], dict[str, Any]]] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+
+    def pin_memory(self) -> TextUnit:
+        for _, inputs in self.batches:
+            for key, value in inputs.items():
+                if isinstance(value, torch.Tensor):
+                    inputs[key] = value.pin_memory()
+        return self
 
 
 def _worker_slot() -> tuple[int, int]:
@@ -136,6 +149,7 @@ class ImageBatches(IterableDataset[ImageUnit]):
         unit = ImageUnit(start=items[0].index, count=len(items))
         ok, images, unit.failures = decode_images(items, self.image_root)
         if images:
+            pixels: torch.Tensor | None
             try:
                 pixels = self.pre(images)
                 unit.ok = ok

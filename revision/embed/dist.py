@@ -29,6 +29,18 @@ class DistInfo:
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
         return cls(rank=rank, world=world, local_rank=local)
 
+    def pin_visible_gpu(self) -> None:
+        """Show this rank only its own GPU (before CUDA starts): for libraries that otherwise spread
+        work over every visible GPU themselves (llm2vec's encode does)."""
+        if self.world == 1:
+            return
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else None
+        if devices is None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(self.local_rank)
+        elif len(devices) > 1:
+            os.environ["CUDA_VISIBLE_DEVICES"] = devices[self.local_rank % len(devices)]
+
     def init(self) -> None:
         if self.world > 1 and not tdist.is_initialized():
             tdist.init_process_group("gloo", rank=self.rank, world_size=self.world, timeout=_BARRIER_TIMEOUT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import inspect
 import json
 import re
 from collections.abc import Iterator
@@ -161,6 +162,7 @@ class HFDualEncoder:
         self.image_model = self.text_model = None
         self.image_pre: ImagePreprocessor | None = None
         self.text_pre: TextPreprocessor | None = None
+        self._text_keys: set[str] | None = None
         with quiet_transformers():
             if image_model is not None:
                 self.image_model = load(image_model, "--image-model")
@@ -211,7 +213,11 @@ class HFDualEncoder:
 
     def encode_texts(self, batch: dict[str, Any]) -> torch.Tensor:
         assert self.text_model is not None
-        inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self._text_keys is None:
+            # Tokenizers may emit inputs (token_type_ids, …) the text tower does not take.
+            params = inspect.signature(self.text_model.get_text_features).parameters
+            self._text_keys = {k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k in self._text_keys}
         return features_of(self.text_model.get_text_features(**inputs), "text")
 
 

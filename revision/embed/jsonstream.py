@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from revision.errors import UserError
 
 _WS = " \t\n\r"
+_NUMBER_CHARS = frozenset("0123456789+-.eE")
 _READ = 1 << 20
 
 
@@ -80,9 +81,14 @@ class _Cursor:
                 raise UserError(
                     f"{self.path}: invalid JSON at character {self.consumed + exc.pos}: {exc.msg}"
                 ) from None
-            # A number at the buffer edge ("12" of "1234") decodes without error: make sure it is whole.
-            if end == len(self.buf) and not self.eof and self._fill():
-                continue
+            # A number cut by the buffer edge ("12" of "1234", "0" of "0.5") decodes without error:
+            # a number is whole only if its characters stop before the buffer does.
+            if isinstance(obj, int | float) and not isinstance(obj, bool):
+                j = self.pos
+                while j < len(self.buf) and self.buf[j] in _NUMBER_CHARS:
+                    j += 1
+                if j == len(self.buf) and self._fill():
+                    continue
             self.pos = end
             return obj
 

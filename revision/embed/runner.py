@@ -254,6 +254,8 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     image_root = cfg.image_root if cfg.image_root is not None else cfg.data.parent
     if "image" in modalities and not image_root.is_dir():
         raise UserError(f"--image-root: {image_root} is not a directory")
+    if cfg.encoder == "llm2clip" or (cfg.encoder == "auto" and looks_like_llm2clip(cfg.image_model or cfg.model or "")):
+        dist.pin_visible_gpu()
     device = resolve_device(cfg.device, dist)
     amp, amp_name = _autocast(device, cfg.dtype)
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,8 @@ def _make_tokenizer(out: Path, max_len: int) -> Any:
     vocab, merges = _tokenizer_parts()
     # transformers 5 builds CLIPTokenizer from in-memory vocab/merges; 4.x reads the two files.
     if "vocab" in inspect.signature(CLIPTokenizer.__init__).parameters:
-        return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], model_max_length=max_len)
+        pairs: Any = [tuple(m.split(" ")) for m in merges]
+        return CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=max_len)
     (out / "vocab.json").write_text(json.dumps(vocab))
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return CLIPTokenizer(
@@ -144,4 +145,30 @@ def write_tiny_dataset(
         texts.insert(len(texts) // 2, {"id": "txt_empty", "text": "   "})
     path = base / "dataset.json"
     path.write_text(json.dumps({"images": images, "texts": texts}, indent=1))
+    return path
+
+
+def build_tiny_siglip(out: str | Path, *, seed: int = 0, hidden: int = 32, image_size: int = 32) -> Path:
+    """A tiny random-init SigLIP (with the tiny byte-level tokenizer) in `out`: a second dual-encoder
+    family whose text tower expects max_length padding and whose features are output objects."""
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    from revision.embed.encoders import quiet_transformers
+
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    max_len = 16
+    tokenizer = _make_tokenizer(path, max_len)
+    tokenizer.save_pretrained(path)
+    common = {"hidden_size": hidden, "intermediate_size": hidden * 2, "num_hidden_layers": 2, "num_attention_heads": 2}
+    text_cfg = {**common, "vocab_size": len(tokenizer), "max_position_embeddings": max_len}
+    text_cfg |= {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    text_cfg["bos_token_id"] = tokenizer.bos_token_id
+    vision_cfg = {**common, "image_size": image_size, "patch_size": 8}
+    torch.manual_seed(seed)
+    model = SiglipModel(SiglipConfig(text_config=text_cfg, vision_config=vision_cfg)).eval()
+    with quiet_transformers():
+        model.save_pretrained(path)
+    SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(path)
     return path
