@@ -163,6 +163,7 @@ def test_resume_after_exception_equals_clean(
     assert_same_tree(clean, out)
 
 
+@pytest.mark.slow  # ~10-20 s: a fresh interpreter loads torch + transformers; the in-process crash tests stay fast
 def test_sigkill_then_resume_equals_clean(tiny: dict[str, Path], tmp_path: Path) -> None:
     # Many one-item commits make the run last long enough to be killed in the middle of the texts.
     args = ["--batch-size", "1", "--commit-batches", "1", "--workers", "0", "--modality", "text"]
