@@ -111,7 +111,7 @@ def test_rows_are_unit_and_match_one_at_a_time_reference(tiny: dict[str, Path], 
         assert_rows_close(got[::-1], ref, atol=2e-3)
     assert store.config.encoder and str(tiny["model"]) in store.config.encoder
     embed = store.attrs["embed"]
-    assert embed["encoder"][modality]["revision"].startswith("sha256:")
+    assert embed["encoder"]["name"] == str(tiny["model"]) and embed["encoder"]["revision"].startswith("sha256:")
 
 
 def test_failures_are_listed_and_counted(clean: Path) -> None:

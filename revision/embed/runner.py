@@ -274,7 +274,8 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
         for m in modalities:
             start, stop = rank_range(counts[m], cfg.group_items, dist)
             identity = {
-                "encoder": desc,
+                # Only this modality's tower: a later --modality run into the same --out must match.
+                "encoder": {"kind": desc["kind"], **desc[m]},
                 "source_format": source.format,
                 "items_total": counts[m],
                 "item_start": start,
