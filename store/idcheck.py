@@ -60,7 +60,7 @@ class IdBuckets:
     def _bucket(self, b: int) -> Path:
         return self.root / f"b{b:03d}.bin"
 
-    def add(self, ids: Sequence[str], first_row: int, src: np.ndarray) -> None:
+    def add(self, ids: Sequence[str] | np.ndarray, first_row: int, src: np.ndarray) -> None:
         """Record a block of rows `first_row, first_row + 1, …`; a duplicate inside it is raised now."""
         if not len(ids):
             return

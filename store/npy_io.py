@@ -67,7 +67,7 @@ class NpyFile:
         row_bytes = self.dim * self.dtype.itemsize
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            got = os.preadv(fd, [memoryview(out.reshape(-1).view(np.uint8))], self.offset + start * row_bytes)
+            got = os.preadv(fd, [memoryview(out.reshape(-1).view(np.uint8))], self.offset + start * row_bytes)  # type: ignore[arg-type]
         finally:
             os.close(fd)
         if got != out.nbytes:

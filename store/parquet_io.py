@@ -28,7 +28,11 @@ from .sources import Batch, Source, require_modality
 KINDS_KEY = b"revision.kinds"
 LAYOUT_KEY = b"revision.layout"
 EMBEDDING_NAMES = ("embedding", "embed", "emb", "vector", "embeddings")
-_ARROW_FLOAT = {pa.float16(): np.dtype("<f2"), pa.float32(): np.dtype("<f4"), pa.float64(): np.dtype("<f8")}
+_ARROW_FLOAT: dict[pa.DataType, np.dtype[Any]] = {
+    pa.float16(): np.dtype("<f2"),
+    pa.float32(): np.dtype("<f4"),
+    pa.float64(): np.dtype("<f8"),
+}
 _KIND_TYPES = {
     "str": pa.string(),
     "json": pa.string(),
@@ -203,7 +207,8 @@ def vector_type(t: pa.DataType, path: Path, name: str) -> tuple[np.dtype[Any], i
         raise UserError(f"{path}: --embedding-column {name!r} is a {t}, not a list of floats")
     if t.value_type not in _ARROW_FLOAT:
         raise UserError(f"{path}: --embedding-column {name!r} holds {t.value_type}, not float16/32/64")
-    return _ARROW_FLOAT[t.value_type], (t.list_size if pa.types.is_fixed_size_list(t) else None)
+    size: int | None = t.list_size if pa.types.is_fixed_size_list(t) else None
+    return _ARROW_FLOAT[t.value_type], size
 
 
 def pick_id_column(names: Sequence[str], id_column: str | None, path: Path) -> str | None:
