@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,27 +30,30 @@ from revision.store.npyio import NpyWriter
 HashFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(bytes (n, W) uint8 zero-padded, lengths (n,) int64) → (n,) uint64."""
 
-DEFAULT_HASH = "fmix64-words-v1"
+DEFAULT_HASH = "mulxs64-words-v1"
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_SEED = np.uint64(0x5EED_1D5_0F_F5E7)
+_SEED = np.uint64(0x5EED1D50FF5E7)
+_S32 = np.uint64(32)
+_S33 = np.uint64(33)
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:
     # MurmurHash3's 64-bit finaliser: a bijection with full avalanche; uint64 products wrap.
-    h = h ^ (h >> np.uint64(33))
+    h = h ^ (h >> _S33)
     h = h * _M1
-    h = h ^ (h >> np.uint64(33))
+    h = h ^ (h >> _S33)
     h = h * _M2
-    return h ^ (h >> np.uint64(33))
+    return h ^ (h >> _S33)
 
 
 def hash_id_bytes(mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """The default id hash: (n, W) uint8 zero-padded UTF-8 bytes + (n,) byte lengths → (n,) uint64.
 
-    Depends only on each id's own bytes and length (not on W), so blocks and queries padded to
-    different widths hash alike.
+    Eight bytes at a time: xor, multiply, xor-shift; then a full avalanche at the end. Depends only
+    on each id's own bytes and length (not on W), so blocks and queries padded to different widths
+    hash alike. Not cryptographic: equal hashes are resolved by comparing the ids themselves.
     """
     n, width = mat.shape
     words_n = -(-width // 8)
@@ -58,44 +61,78 @@ def hash_id_bytes(mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
         mat = np.pad(mat, ((0, 0), (0, words_n * 8 - width)))
     words = np.ascontiguousarray(mat).view(np.dtype("<u8")).reshape(n, words_n)
     lens64 = lens.astype(np.uint64)
+    # Words every id of the block has in full need no mask (the common case: ids of one pattern).
+    all_have = int(lens.min()) // 8 if n else 0
     with np.errstate(over="ignore"):
         h = (lens64 * _GOLDEN) ^ _SEED
         for k in range(words_n):
-            mixed = _fmix64((h ^ words[:, k]) * _GOLDEN)
+            mixed = (h ^ words[:, k]) * _GOLDEN
+            mixed ^= mixed >> _S32
             # Only words that hold bytes of this id count; padding words beyond its length do not.
-            h = np.where(lens64 > np.uint64(8 * k), mixed, h)
+            h = mixed if k < all_have else np.where(lens64 > np.uint64(8 * k), mixed, h)
         return _fmix64(h)
 
 
-def encode_ids(ids: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pack string ids as a zero-padded UTF-8 byte matrix.
+@dataclass(frozen=True)
+class EncodedIds:
+    """A block of ids as UTF-8: the concatenated bytes, each id's start and byte length."""
 
-    Returns (mat (n, W) uint8, lens (n,) int64 byte lengths, exact (n,) bool). `exact` is False for
-    an id with trailing NUL characters, which numpy's fixed-width strings cannot represent; such
-    ids are rejected when building and never match when looking up.
-    """
-    n = len(ids)
-    if n == 0:
-        return np.zeros((0, 1), np.uint8), np.zeros(0, np.int64), np.zeros(0, bool)
-    uni = np.asarray(ids, dtype=object).astype(str) if not _is_unicode_array(ids) else np.asarray(ids)
-    enc = np.strings.encode(uni, "utf-8")
-    mat = enc.view(np.uint8).reshape(n, enc.dtype.itemsize)
-    lens = np.strings.str_len(enc).astype(np.int64)
-    if isinstance(ids, np.ndarray) and ids.dtype.kind == "U":
-        exact = np.ones(n, bool)  # already fixed-width: nothing more was lost here
-    else:
-        char_lens = np.fromiter((len(s) if isinstance(s, str) else len(str(s)) for s in ids), np.int64, n)
-        exact = char_lens == np.strings.str_len(uni)
-    return mat, lens, exact
+    flat: np.ndarray
+    """uint8 (total,): the ids' bytes, concatenated."""
+    starts: np.ndarray
+    """int64 (n,)."""
+    lens: np.ndarray
+    """int64 (n,)."""
+
+    def padded(self) -> np.ndarray:
+        """(n, W) uint8: id i's bytes in row i, zero-padded to the longest id (W >= 1)."""
+        width = max(1, int(self.lens.max())) if self.lens.size else 1
+        cols = np.arange(width)
+        if self.flat.size == 0:
+            return np.zeros((self.lens.size, width), np.uint8)
+        mat = self.flat[np.minimum(self.starts[:, None] + cols, self.flat.size - 1)]
+        mat[cols >= self.lens[:, None]] = 0
+        return mat
+
+    def slices(self, max_bytes: int = 1 << 25) -> Iterator[tuple[EncodedIds, int, int]]:
+        """(part, lo, hi): consecutive parts whose padded matrix stays under about `max_bytes`."""
+        n = self.lens.size
+        lo = 0
+        while lo < n:
+            count = min(n - lo, 1 << 16)
+            while count > 1 and count * max(1, int(self.lens[lo : lo + count].max())) > max_bytes:
+                count //= 2
+            yield EncodedIds(self.flat, self.starts[lo : lo + count], self.lens[lo : lo + count]), lo, lo + count
+            lo += count
 
 
-def _is_unicode_array(ids: Sequence[str] | np.ndarray) -> bool:
-    return isinstance(ids, np.ndarray) and ids.dtype.kind == "U"
+def encode_ids(ids: Sequence[str] | np.ndarray) -> EncodedIds:
+    """Encode ids as UTF-8 (exactly: embedded or trailing NUL characters are kept)."""
+    try:
+        parts = [s.encode("utf-8") for s in ids]
+    except AttributeError:
+        parts = [(s if isinstance(s, str) else str(s)).encode("utf-8") for s in ids]
+    lens = np.fromiter(map(len, parts), np.int64, len(parts))
+    starts = np.zeros(len(parts), np.int64)
+    if len(parts) > 1:
+        np.cumsum(lens[:-1], out=starts[1:])
+    return EncodedIds(np.frombuffer(b"".join(parts), np.uint8), starts, lens)
+
+
+def hash_encoded(enc: EncodedIds, hash_fn: HashFn = hash_id_bytes, *, max_bytes: int = 1 << 25) -> np.ndarray:
+    """Hashes of encoded ids, in slices whose padded byte matrix stays under about `max_bytes`
+    (one very long id shrinks the slices around it instead of blowing up the whole block)."""
+    out = np.empty(enc.lens.size, np.uint64)
+    for part, lo, hi in enc.slices(max_bytes):
+        got = np.asarray(hash_fn(part.padded(), part.lens), dtype=np.uint64)
+        if got.shape != (hi - lo,):
+            raise ValueError(f"hash function returned shape {got.shape} for {hi - lo} ids")
+        out[lo:hi] = got
+    return out
 
 
 def hash_ids(ids: Sequence[str] | np.ndarray, hash_fn: HashFn = hash_id_bytes) -> np.ndarray:
-    mat, lens, _ = encode_ids(ids)
-    return hash_fn(mat, lens)
+    return hash_encoded(encode_ids(ids), hash_fn)
 
 
 @dataclass(frozen=True)
@@ -139,20 +176,15 @@ class IdIndexBuilder:
 
     def add(self, ids: Sequence[str] | np.ndarray) -> None:
         """Append the next block of ids (rows self.rows .. self.rows + len(ids))."""
-        mat, lens, exact = encode_ids(ids)
-        if not exact.all():
-            bad = int(np.flatnonzero(~exact)[0])
-            raise ValueError(f"id at row {self.rows + bad} ends with a NUL character, which is not supported")
+        enc = encode_ids(ids)
+        lens = enc.lens
         n = len(lens)
         if n == 0:
             return
-        width = mat.shape[1]
-        self._bytes.append(mat[np.arange(width) < lens[:, None]])
+        self._bytes.append(enc.flat)
         self._offsets.append(self._total_bytes + np.cumsum(lens))
-        self._total_bytes += int(lens.sum())
-        hashes = np.asarray(self.hash_fn(mat, lens), dtype=np.uint64)
-        if hashes.shape != (n,):
-            raise ValueError(f"hash function returned shape {hashes.shape} for {n} ids")
+        self._total_bytes += int(enc.flat.size)
+        hashes = hash_encoded(enc, self.hash_fn)
         # Split so each run holds at most run_rows entries.
         pos = 0
         while pos < n:
@@ -277,6 +309,11 @@ class IdIndex:
         self.offsets: np.ndarray = np.load(directory / "ids_offsets.npy", mmap_mode="r")
         if len(self.hashes) != len(self.rows) or len(self.offsets) != len(self.hashes) + 1:
             raise ValueError(f"{directory}: id index files disagree on the number of rows")
+        # Plain ndarray views of the maps: same memory, without np.memmap's per-operation overhead.
+        self._hashes = np.asarray(self.hashes)
+        self._rows = np.asarray(self.rows)
+        self._id_bytes = np.asarray(self.id_bytes)
+        self._offsets = np.asarray(self.offsets)
 
     @classmethod
     def open(cls, directory: str | Path, hash_fn: HashFn = hash_id_bytes) -> IdIndex:
@@ -292,26 +329,33 @@ class IdIndex:
         """The id strings of the given rows."""
         return [self.id_bytes_of(int(r)).decode("utf-8") for r in np.asarray(rows).ravel()]
 
-    def lookup(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    def lookup(self, ids: Sequence[str] | np.ndarray, *, max_bytes: int = 1 << 25) -> np.ndarray:
         """Rows of the given ids, int64 (n,); -1 where an id is absent. A repeated id gives its first row."""
-        mat, lens, exact = encode_ids(ids)
-        n = len(lens)
-        out = np.full(n, -1, np.int64)
-        if n == 0 or len(self.hashes) == 0:
-            return out
-        qh = np.asarray(self.hash_fn(mat, lens), dtype=np.uint64)
-        pos = np.searchsorted(self.hashes, qh, side="left")
-        cand = np.minimum(pos, len(self.hashes) - 1)
-        hit = (pos < len(self.hashes)) & (np.asarray(self.hashes[cand]) == qh) & exact
-        row = np.asarray(self.rows[cand])
-        match = hit & self._bytes_equal(row, mat, lens)
+        enc = encode_ids(ids)
+        out = np.full(enc.lens.size, -1, np.int64)
+        if self._hashes.size:
+            for part, lo, hi in enc.slices(max_bytes):
+                out[lo:hi] = self._lookup(part)
+        return out
+
+    def _lookup(self, enc: EncodedIds) -> np.ndarray:
+        out = np.full(enc.lens.size, -1, np.int64)
+        total = self._hashes.size
+        mat = enc.padded()
+        qh = np.asarray(self.hash_fn(mat, enc.lens), dtype=np.uint64)
+        pos = np.searchsorted(self._hashes, qh, side="left")
+        cand = np.minimum(pos, total - 1)
+        hit = self._hashes[cand] == qh
+        hit &= pos < total
+        row = self._rows[cand]
+        match = hit & self._bytes_equal(row, mat, enc.lens)
         out[match] = row[match]
         # Rare: the first entry with this hash is a different id; walk the rest of the equal run.
         for i in np.flatnonzero(hit & ~match):
-            want = bytes(mat[i, : lens[i]])
+            want = bytes(mat[i, : enc.lens[i]])
             j = int(pos[i]) + 1
-            while j < len(self.hashes) and self.hashes[j] == qh[i]:
-                r = int(self.rows[j])
+            while j < total and self._hashes[j] == qh[i]:
+                r = int(self._rows[j])
                 if self.id_bytes_of(r) == want:
                     out[i] = r
                     break
@@ -319,12 +363,11 @@ class IdIndex:
         return out
 
     def _bytes_equal(self, rows: np.ndarray, mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
-        starts = np.asarray(self.offsets[rows])
-        stored_lens = np.asarray(self.offsets[rows + 1]) - starts
-        width = mat.shape[1]
-        cols = np.arange(width)
-        idx = np.minimum(starts[:, None] + cols, max(0, len(self.id_bytes) - 1))
-        stored = np.asarray(self.id_bytes[idx]) if len(self.id_bytes) else np.zeros_like(mat)
-        in_id = cols < lens[:, None]
-        same = ((stored == mat) | ~in_id).all(axis=1)
-        return same & (stored_lens == lens)
+        starts = self._offsets[rows]
+        same = (self._offsets[rows + 1] - starts) == lens
+        if self._id_bytes.size == 0:
+            return same
+        stored = EncodedIds(self._id_bytes, starts, lens).padded()
+        if stored.shape[1] < mat.shape[1]:  # only when every compared id is empty
+            return same
+        return same & (stored[:, : mat.shape[1]] == mat).all(axis=1)

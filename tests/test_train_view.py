@@ -49,6 +49,22 @@ def test_view_equals_store(tmp_path: Path, shape: tuple[int, int], dtype: str) -
     assert view.ids(np.arange(n)) == list(ids)
     emb = view.embeds([ids[-1], ids[0]])
     assert torch.equal(emb, to_torch(store.read_rows([n - 1, 0]), dtype).float())
+    # The memory-mapped gather and the contiguous-range read give the same bytes.
+    mapped = FeatureView.open(tmp_path / "mm", read_mode="mmap")
+    assert np.array_equal(mapped.read(idx).view(np.uint8), view.read(idx).view(np.uint8))
+    lo, hi = n // 3, n - n // 4
+    assert np.array_equal(view.read(np.arange(lo, hi)).view(np.uint8), store.read(lo, hi).view(np.uint8))
+
+
+def test_read_into_out_and_bad_mode(tmp_path: Path) -> None:
+    store, view = make_view(tmp_path, 40, 6, "float32")
+    out = np.empty((3, 6), np.float32)
+    assert view.read([5, 1, 5], out=out) is out
+    assert np.array_equal(out, store.read_rows([5, 1, 5]))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        view.read([1], out=np.empty((1, 6), np.float64))
+    with pytest.raises(ValueError, match="read_mode"):
+        FeatureView.open(tmp_path / "mm", read_mode="fast")
 
 
 def test_missing_ids(tmp_path: Path) -> None:
@@ -85,7 +101,8 @@ def test_pickles_as_a_path_and_opens_in_constant_time(tmp_path: Path) -> None:
 
 
 def test_release_keeps_data_readable(tmp_path: Path) -> None:
-    _, view = make_view(tmp_path, 100, 8, "bfloat16")
+    make_view(tmp_path, 100, 8, "bfloat16")
+    view = FeatureView.open(tmp_path / "mm", read_mode="mmap")
     before = view.rows(np.arange(100))
     view.release()
     assert torch.equal(view.rows(np.arange(100)).view(torch.int16), before.view(torch.int16))

@@ -22,6 +22,7 @@ from revision.store.idindex import DEFAULT_HASH, HashFn, IdIndex, hash_id_bytes
 from revision.store.memmap import read_header
 from revision.train.errors import DataError
 
+READ_MODES = ("pread", "mmap")
 _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -45,17 +46,52 @@ class _Mapped:
                 raise DataError(f"{vec_path}: truncated ({size} bytes)")
             # An empty file cannot be mapped; a zero-row view needs no mapping.
             self.mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if shape[0] else None
+        self.fd = os.open(vec_path, os.O_RDONLY)
+        self.data_offset = offset
+        self.row_bytes = dtype.itemsize * shape[1]
         if self.mm is None:
             self.vectors = np.zeros(shape, dtype)
         else:
             self.vectors = np.ndarray(shape, dtype=dtype, buffer=self.mm, offset=offset)
         self.index = IdIndex.open(path, hash_fn)
 
+    def __del__(self) -> None:
+        fd = getattr(self, "fd", -1)
+        if fd >= 0:
+            os.close(fd)
+
+    def pread_rows(self, idx: np.ndarray, out: np.ndarray) -> None:
+        """Gather rows with positioned reads: nothing is mapped, so the resident set stays at `out`."""
+        rb = self.row_bytes
+        n = idx.size
+        if n == 0 or rb == 0:
+            return
+        buf = memoryview(out).cast("B")
+        if n > 1 and int(idx[-1]) - int(idx[0]) == n - 1 and bool((np.diff(idx) == 1).all()):
+            self._pread_exact(buf, self.data_offset + int(idx[0]) * rb)  # one contiguous range
+            return
+        offsets = (idx * rb + self.data_offset).tolist()
+        pread, fd = os.preadv, self.fd
+        for k, off in enumerate(offsets):
+            if pread(fd, (buf[k * rb : (k + 1) * rb],), off) != rb:
+                raise DataError(f"short read of row {int(idx[k])} (file truncated?)")
+
+    def _pread_exact(self, buf: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(buf):
+            got = os.preadv(self.fd, (buf[done:],), offset + done)
+            if got <= 0:
+                raise DataError(f"short read at byte {offset + done} (file truncated?)")
+            done += got
+
 
 class FeatureView:
     """Random access to the rows of a memmap export by row number or by id."""
 
-    def __init__(self, path: str | Path, *, hash_fn: HashFn | None = None) -> None:
+    def __init__(self, path: str | Path, *, hash_fn: HashFn | None = None, read_mode: str = "pread") -> None:
+        if read_mode not in READ_MODES:
+            raise ValueError(f"read_mode must be one of {READ_MODES}, got {read_mode!r}")
+        self.read_mode = read_mode
         self.path = Path(path)
         try:
             self.header = read_header(self.path)
@@ -70,14 +106,18 @@ class FeatureView:
         self._pid = -1
 
     @classmethod
-    def open(cls, path: str | Path, *, hash_fn: HashFn | None = None) -> FeatureView:
-        return cls(path, hash_fn=hash_fn)
+    def open(cls, path: str | Path, *, hash_fn: HashFn | None = None, read_mode: str = "pread") -> FeatureView:
+        """Open an export. read_mode "pread": rows are gathered with positioned reads (the resident set
+        stays at the batch); "mmap": gathered from the memory map (zero syscalls, but every touched
+        page of the file then counts in this process's RSS, as shared page cache)."""
+        return cls(path, hash_fn=hash_fn, read_mode=read_mode)
 
     # Pickle as the path: a worker process maps the files itself instead of receiving the matrix.
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "header": self.header, "hash_fn": self._hash_fn}
+        return {"path": self.path, "header": self.header, "hash_fn": self._hash_fn, "read_mode": self.read_mode}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.read_mode = state["read_mode"]
         self.path = state["path"]
         self.header = state["header"]
         self._hash_fn = state["hash_fn"]
@@ -132,7 +172,15 @@ class FeatureView:
             raise IndexError(f"{self.path}: row indices must be one-dimensional, got shape {idx.shape}")
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.num_rows):
             raise IndexError(f"{self.path}: row index out of [0, {self.num_rows})")
-        return np.take(self.vectors, idx, axis=0, out=out)
+        m = self._m()
+        if self.read_mode == "mmap":
+            return np.take(m.vectors, idx, axis=0, out=out)
+        if out is None:
+            out = np.empty((idx.size, self.dim), m.vectors.dtype)
+        elif out.shape != (idx.size, self.dim) or out.dtype != m.vectors.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous ({idx.size}, {self.dim}) {m.vectors.dtype} array")
+        m.pread_rows(idx, out)
+        return out
 
     def rows(self, indices: Sequence[int] | np.ndarray, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Rows at `indices` as an (n, D) tensor: the stored dtype (bfloat16 included), or `dtype`."""
