@@ -44,9 +44,10 @@ def c3(
     row_offset: int = 0,
     sigma: float = DEFAULT_SIGMA,
     out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """u(u(y) − mu + σ·ε) for global rows row_offset … row_offset + n − 1."""
     return shift_rows(
         y, -mu.to(torch.float64), normalize_in=True, normalize_out=True, sigma=sigma, seed=seed,
-        row_offset=row_offset, out_dtype=out_dtype,
+        row_offset=row_offset, out_dtype=out_dtype, out=out,
     )  # fmt: skip

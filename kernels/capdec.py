@@ -35,10 +35,11 @@ def capdec(
     row_offset: int = 0,
     sigma: float = DEFAULT_SIGMA,
     out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """u(u(x) + σ·ε) for global rows row_offset … row_offset + n − 1."""
     zero = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
     return shift_rows(
         x, zero, normalize_in=True, normalize_out=True, sigma=sigma, seed=seed, row_offset=row_offset,
-        out_dtype=out_dtype,
+        out_dtype=out_dtype, out=out,
     )  # fmt: skip

@@ -30,9 +30,15 @@ def gap_shift_ref(
 
 
 def gap_shift(
-    t: torch.Tensor, delta: torch.Tensor, lam: float, *, normalize: bool = True, out_dtype: torch.dtype = torch.float32
+    t: torch.Tensor,
+    delta: torch.Tensor,
+    lam: float,
+    *,
+    normalize: bool = True,
+    out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """u(u(t) + λ Δ/||Δ||) (or u(t + λ Δ/||Δ||) without `normalize`), one read and one write per row."""
     return shift_rows(
-        t, float(lam) * _direction(delta), normalize_in=normalize, normalize_out=True, out_dtype=out_dtype
+        t, float(lam) * _direction(delta), normalize_in=normalize, normalize_out=True, out_dtype=out_dtype, out=out
     )

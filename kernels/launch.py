@@ -43,3 +43,23 @@ def interpreter_or_cuda(op: str, x: torch.Tensor) -> None:
 def check_out_dtype(op: str, out_dtype: torch.dtype) -> None:
     if out_dtype not in ROW_DTYPES:
         raise ValueError(f"{op}: out_dtype {out_dtype} not supported (float16, bfloat16, float32)")
+
+
+def prepare_out(
+    op: str, out: torch.Tensor | None, n: int, dim: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The caller's output buffer, checked (reusing one across chunks avoids page-faulting fresh memory
+    on every chunk, which costs more than the arithmetic on CPU), or a new one."""
+    if out is None:
+        return torch.empty(n, dim, dtype=dtype, device=device)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"{op}: out must be a torch.Tensor, got {type(out).__name__}")
+    if tuple(out.shape) != (n, dim):
+        raise ValueError(f"{op}: out must have shape ({n}, {dim}), got {tuple(out.shape)}")
+    if out.dtype != dtype:
+        raise ValueError(f"{op}: out dtype {out.dtype} differs from the output dtype {dtype}")
+    if out.device != device:
+        raise ValueError(f"{op}: out is on {out.device}, input on {device}")
+    if not out.is_contiguous():
+        raise ValueError(f"{op}: out must be contiguous (stride {tuple(out.stride())})")
+    return out

@@ -21,7 +21,14 @@ def mean_shift_ref(
 
 
 def mean_shift(
-    x: torch.Tensor, mean: torch.Tensor, *, normalize: bool = False, out_dtype: torch.dtype = torch.float32
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    *,
+    normalize: bool = False,
+    out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x − mean (or u(x) − mean when `normalize`), one read and one write per row."""
-    return shift_rows(x, -mean.to(torch.float64), normalize_in=normalize, normalize_out=False, out_dtype=out_dtype)
+    return shift_rows(
+        x, -mean.to(torch.float64), normalize_in=normalize, normalize_out=False, out_dtype=out_dtype, out=out
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from revision.kernels.backend import select_backend, triton_available
-from revision.kernels.launch import check_rows, interpreter_or_cuda
+from revision.kernels.launch import check_rows, interpreter_or_cuda, prepare_out
 from revision.kernels.rows_cpu import tiles, unit_rows_
 from revision.kernels.unit_rule import unit_rows_ref
 
@@ -43,12 +43,12 @@ if triton_available():
         tl.store(Y_ptr + rows[:, None] * dim + cols[None, :], y, mask=mask)
 
 
-def normalize_rows_triton(x: torch.Tensor) -> torch.Tensor:
+def normalize_rows_triton(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """The Triton kernel; x on CUDA (or CPU under TRITON_INTERPRET=1), row-contiguous."""
     check_rows("normalize_rows_triton", x=x)
     interpreter_or_cuda("normalize_rows_triton", x)
     n, d = x.shape
-    y = torch.empty(n, d, dtype=torch.float32, device=x.device)
+    y = prepare_out("normalize_rows_triton", out, n, d, torch.float32, x.device)
     if n == 0:
         return y
     block_m, block_d, warps = row_blocks(d)
@@ -57,16 +57,11 @@ def normalize_rows_triton(x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def normalize_rows_torch(x: torch.Tensor) -> torch.Tensor:
+def normalize_rows_torch(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """The fast torch path: one fp32 conversion per tile, in-place scaling while the tile is cached."""
     check_rows("normalize_rows", x=x, require_contiguous=False)
     n, d = x.shape
-    if x.dtype == torch.float32:
-        y = x.clone(memory_format=torch.contiguous_format)
-        for s, e in tiles(n, d):
-            unit_rows_(y[s:e])
-        return y
-    y = torch.empty(n, d, dtype=torch.float32, device=x.device)
+    y = prepare_out("normalize_rows", out, n, d, torch.float32, x.device)
     for s, e in tiles(n, d):
         tile = y[s:e]
         tile.copy_(x[s:e])
@@ -74,14 +69,22 @@ def normalize_rows_torch(x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """x: (n, D) fp16/bf16/fp32 → (n, D) float32 unit rows (NaN/±Inf → 0; norm < 1e-10 left as is)."""
+def normalize_rows(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x: (n, D) fp16/bf16/fp32 → (n, D) float32 unit rows (NaN/±Inf → 0; norm < 1e-10 left as is).
+
+    out: optional preallocated (n, D) float32 buffer, reused across chunks.
+    """
     backend = select_backend(x)
     if backend == "triton":
-        return normalize_rows_triton(x)
+        return normalize_rows_triton(x, out=out)
     if backend == "ref":
-        return normalize_rows_ref(x)
-    return normalize_rows_torch(x)
+        result = normalize_rows_ref(x)
+        return (
+            result
+            if out is None
+            else prepare_out("normalize_rows", out, *x.shape, torch.float32, x.device).copy_(result)
+        )
+    return normalize_rows_torch(x, out=out)
 
 
 __all__ = ["normalize_rows", "normalize_rows_ref", "normalize_rows_torch", "normalize_rows_triton"]

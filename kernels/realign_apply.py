@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from revision.kernels.backend import select_backend, triton_available
-from revision.kernels.launch import check_out_dtype, check_rows, interpreter_or_cuda
+from revision.kernels.launch import check_out_dtype, check_rows, interpreter_or_cuda, prepare_out
 from revision.kernels.realign_project import (
     ProjectionTorch,
     Scale,
@@ -81,6 +81,7 @@ def realign_apply_triton(
     mu_hat: torch.Tensor,
     *,
     out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Triton kernel (float scale); a matrix scale runs the projection through cuBLAS instead."""
     check_rows("realign_apply_triton", y=y)
@@ -96,8 +97,11 @@ def realign_apply_triton(
 
         h = _project_matrix_device(y, mu_t, mu_i, s)
         h += shift.to(torch.float32)
-        return normalize_rows(h).to(out_dtype)
-    out = torch.empty(n, d, dtype=out_dtype, device=y.device)
+        result = normalize_rows(h).to(out_dtype)
+        return (
+            result if out is None else prepare_out("realign_apply_triton", out, n, d, out_dtype, y.device).copy_(result)
+        )
+    out = prepare_out("realign_apply_triton", out, n, d, out_dtype, y.device)
     if n == 0:
         return out
     block_m, block_d, warps = row_blocks(d)
@@ -120,6 +124,7 @@ def realign_apply_torch(
     mu_hat: torch.Tensor,
     *,
     out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The fast torch path: per cached tile, projection, shift and final scaling written to `out`."""
     check_rows("realign_apply", y=y, require_contiguous=False)
@@ -127,9 +132,9 @@ def realign_apply_torch(
     n, d = y.shape
     check_means("realign_apply", d, mu_t=mu_t, mu_i=mu_i, mu_hat=mu_hat)
     s = check_scale("realign_apply", scale, d)
+    out = prepare_out("realign_apply", out, n, d, out_dtype, y.device)
     if y.device.type != "cpu":
-        return realign_apply_ref(y, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype)
-    out = torch.empty(n, d, dtype=out_dtype)
+        return out.copy_(realign_apply_ref(y, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype))
     project = ProjectionTorch(mu_t, mu_i, s)
     shift = (mu_i.to("cpu", torch.float64) - mu_hat.to("cpu", torch.float64)).float()
     buffers = TileBuffers(d)
@@ -149,20 +154,23 @@ def realign_apply(
     mu_hat: torch.Tensor,
     *,
     out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y: (n, D) fp16/bf16/fp32; mu_t, mu_i, mu_hat: f64 (D,); scale: float or f64 (D, D).
 
     → (n, D) `out_dtype`, unit rows: u(h − mu_hat + mu_i) with h = u(mu_i + scale · (u(y) − mu_t)).
+    out: optional preallocated contiguous (n, D) buffer of `out_dtype`, reused across chunks.
     """
     backend = select_backend(y)
     if backend == "triton":
-        return realign_apply_triton(y, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype)
+        return realign_apply_triton(y, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype, out=out)
     if backend == "ref":
         n, d = y.shape
         check_means("realign_apply_ref", d, mu_t=mu_t, mu_i=mu_i, mu_hat=mu_hat)
         s = check_scale("realign_apply_ref", scale, d)
-        return realign_apply_ref(y, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype)
-    return realign_apply_torch(y, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype)
+        result = realign_apply_ref(y, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype)
+        return result if out is None else prepare_out("realign_apply", out, n, d, out_dtype, y.device).copy_(result)
+    return realign_apply_torch(y, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype, out=out)
 
 
 __all__ = ["realign_apply", "realign_apply_ref", "realign_apply_torch", "realign_apply_triton"]

@@ -15,20 +15,21 @@ import torch
 
 from revision.kernels.unit_rule import unit_rows_ref
 
-# fp32 bytes per tile: about half of one core's L2, so a tile and its temporaries stay cached.
-TILE_BYTES = 256 * 1024
-# Rows whose squared norm lies in this range take the fast path x * (1/||x||): no overflow,
-# no precision loss to subnormals, and the norm is well above the 1e-10 floor. Others (zero,
-# tiny, huge or non-finite rows) take the reference rule, row by row.
-_SS_LOW = 1e-19
-_SS_HIGH = 1e36
+# fp32 bytes per tile: about one core's L2; measured best among 64 KiB … 4 MiB (fewer torch calls per byte).
+TILE_BYTES = 1024 * 1024
+# Rows whose norm lies in this range take the fast path x * (1/||x||): no overflow, no precision
+# lost to subnormals, and the norm is well above the 1e-10 floor. Others (zero, tiny, huge or
+# non-finite rows) take the reference rule, row by row.
+_NORM_LOW = 1e-9
+_NORM_HIGH = 1e18
 
 
-def tile_rows(dim: int, tile_bytes: int = TILE_BYTES) -> int:
+def tile_rows(dim: int, tile_bytes: int | None = None) -> int:
+    tile_bytes = tile_bytes or TILE_BYTES
     return max(1, tile_bytes // (4 * max(dim, 1)))
 
 
-def tiles(n: int, dim: int, tile_bytes: int = TILE_BYTES) -> Iterator[tuple[int, int]]:
+def tiles(n: int, dim: int, tile_bytes: int | None = None) -> Iterator[tuple[int, int]]:
     """(start, stop) row ranges covering 0 … n in cache-sized steps."""
     step = tile_rows(dim, tile_bytes)
     for s in range(0, n, step):
@@ -41,14 +42,14 @@ def inverse_norms_(x: torch.Tensor) -> torch.Tensor:
     Returns r such that `x * r[:, None]` is the rule's unit rows. Rows outside the fast range
     are replaced in `x` by their exact unit rows (from the float64 rule) and get r = 1.
     """
-    ss = torch.linalg.vecdot(x, x)
-    r = torch.rsqrt(ss)
-    ok = (ss >= _SS_LOW) & (ss <= _SS_HIGH)
-    if not bool(ok.all()):
-        bad = torch.nonzero(~ok).flatten()
+    norms = torch.linalg.vector_norm(x, dim=1)
+    lo, hi = torch.aminmax(norms)
+    # One min/max decides for the whole tile (NaN fails both tests); the row test only on failure.
+    if not (float(lo) >= _NORM_LOW and float(hi) <= _NORM_HIGH):
+        bad = torch.nonzero(~((norms >= _NORM_LOW) & (norms <= _NORM_HIGH))).flatten()
         x[bad] = unit_rows_ref(x[bad]).to(torch.float32)
-        r[bad] = 1.0
-    return r
+        norms[bad] = 1.0
+    return norms.reciprocal_()
 
 
 def unit_rows_(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from revision.kernels.backend import select_backend, triton_available
-from revision.kernels.launch import check_out_dtype, check_rows, check_vector, interpreter_or_cuda
+from revision.kernels.launch import check_out_dtype, check_rows, check_vector, interpreter_or_cuda, prepare_out
 from revision.kernels.noise import gaussian_noise_ref, seed_key
 from revision.kernels.rows_cpu import TileBuffers, tiles, unit_rows_
 from revision.kernels.unit_rule import unit_rows_ref
@@ -98,13 +98,14 @@ def shift_rows_triton(
     seed: int = 0,
     row_offset: int = 0,
     out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Triton kernel; x on CUDA (or CPU under TRITON_INTERPRET=1), row-contiguous."""
     check_rows("shift_rows_triton", x=x)
     interpreter_or_cuda("shift_rows_triton", x)
     _check("shift_rows_triton", x, shift, row_offset, out_dtype)
     n, d = x.shape
-    out = torch.empty(n, d, dtype=out_dtype, device=x.device)
+    out = prepare_out("shift_rows_triton", out, n, d, out_dtype, x.device)
     if n == 0:
         return out
     block_m, block_d, warps = row_blocks(d)
@@ -127,17 +128,18 @@ def shift_rows_torch(
     seed: int = 0,
     row_offset: int = 0,
     out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The fast torch path: per cached tile, every step in place on one fp32 buffer."""
     check_rows("shift_rows", x=x, require_contiguous=False)
     _check("shift_rows", x, shift, row_offset, out_dtype)
+    n, d = x.shape
+    out = prepare_out("shift_rows", out, n, d, out_dtype, x.device)
     if x.device.type != "cpu":
-        return shift_rows_ref(
+        return out.copy_(shift_rows_ref(
             x, shift, normalize_in=normalize_in, normalize_out=normalize_out, sigma=sigma, seed=seed,
             row_offset=row_offset, out_dtype=out_dtype,
-        )  # fmt: skip
-    n, d = x.shape
-    out = torch.empty(n, d, dtype=out_dtype)
+        ))  # fmt: skip
     b = shift.to("cpu", torch.float64).float()
     buffers = TileBuffers(d)
     for start, stop in tiles(n, d):
@@ -163,10 +165,12 @@ def shift_rows(
     seed: int = 0,
     row_offset: int = 0,
     out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x: (n, D) fp16/bf16/fp32, shift: (D,) → (n, D) out_dtype: v(w(x) + shift + σ·ε).
 
     ε for global row `row_offset + i` is the same whatever the chunking and on every backend.
+    out: optional preallocated contiguous (n, D) buffer of `out_dtype`, reused across chunks.
     """
     kwargs = dict(
         normalize_in=normalize_in, normalize_out=normalize_out, sigma=float(sigma), seed=int(seed),
@@ -174,12 +178,13 @@ def shift_rows(
     )  # fmt: skip
     backend = select_backend(x)
     if backend == "triton":
-        return shift_rows_triton(x, shift, **kwargs)  # type: ignore[arg-type]
+        return shift_rows_triton(x, shift, out=out, **kwargs)  # type: ignore[arg-type]
     if backend == "ref":
         check_rows("shift_rows_ref", x=x, require_contiguous=False)
         _check("shift_rows_ref", x, shift, int(row_offset), out_dtype)
-        return shift_rows_ref(x, shift, **kwargs)  # type: ignore[arg-type]
-    return shift_rows_torch(x, shift, **kwargs)  # type: ignore[arg-type]
+        result = shift_rows_ref(x, shift, **kwargs)  # type: ignore[arg-type]
+        return result if out is None else prepare_out("shift_rows", out, *x.shape, out_dtype, x.device).copy_(result)
+    return shift_rows_torch(x, shift, out=out, **kwargs)  # type: ignore[arg-type]
 
 
 __all__ = ["shift_rows", "shift_rows_ref", "shift_rows_torch", "shift_rows_triton"]

@@ -231,3 +231,22 @@ def test_check_rejects_a_wrong_torch_path() -> None:
     wrong = torch.nan_to_num(x) / torch.linalg.vector_norm(torch.nan_to_num(x), dim=1, keepdim=True)
     with pytest.raises(AssertionError, match="max"):
         assert_close(wrong, K.normalize_rows_ref(x), atol=ATOL, rtol=RTOL, what="wrong normalize")
+
+
+def test_out_buffers_are_used_and_checked() -> None:
+    x = _rows(300, 64, torch.float16)
+    mu_t, mu_i, mu_hat = _means(64)
+    out = torch.full((300, 64), 7.0)
+    got = K.realign_apply(x, mu_t, mu_i, 0.9, mu_hat, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.equal(got, K.realign_apply(x, mu_t, mu_i, 0.9, mu_hat))
+    half = torch.empty(300, 64, dtype=torch.float16)
+    assert K.c3(x, mu_t, seed=1, out=half, out_dtype=torch.float16).data_ptr() == half.data_ptr()
+    unit = torch.empty(300, 64)
+    assert torch.equal(K.normalize_rows(x, out=unit), K.normalize_rows(x))
+    with pytest.raises(ValueError, match="shape"):
+        K.normalize_rows(x, out=torch.empty(299, 64))
+    with pytest.raises(ValueError, match="dtype"):
+        K.realign_apply(x, mu_t, mu_i, 0.9, mu_hat, out=half)
+    with pytest.raises(ValueError, match="contiguous"):
+        K.gap_shift(x, mu_i - mu_t, 0.1, out=torch.empty(64, 300).t())
