@@ -154,7 +154,8 @@ class HFDualEncoder:
                 try:
                     model = AutoModel.from_pretrained(name, **kw, **{_dtype_kwarg(): weights_dtype})
                 except (OSError, ValueError) as exc:
-                    raise UserError(f"{flag}: cannot load model {name!r} ({_first_line(exc)})") from None
+                    hint = "" if online else "; runs are offline unless --online"
+                    raise UserError(f"{flag}: cannot load model {name!r} ({_first_line(exc)}{hint})") from None
                 loaded[name] = model.to(device).eval()
             return loaded[name]
 
@@ -181,6 +182,8 @@ class HFDualEncoder:
                     tok = AutoTokenizer.from_pretrained(text_model, **kw)
                 except (OSError, ValueError) as exc:
                     raise UserError(f"--text-model: no tokenizer in {text_model!r} ({_first_line(exc)})") from None
+                if tok.pad_token is None and tok.eos_token is not None:
+                    tok.pad_token = tok.eos_token  # batches need a pad token; the mask hides it
                 cfg = self.text_model.config
                 text_cfg = getattr(cfg, "text_config", cfg)
                 max_len = min(
