@@ -129,12 +129,17 @@ def run_diagnosis(
 
     t0 = time.perf_counter()
     say(f"streaming every row: --image ({img.rows:,} rows) and {len(entries)} text store(s)")
-    img_sums, passes = streamed.stream_together(
-        img,
-        [src for *_, src in entries],
-        [p is not None and p.kind == "identity" for p in pairsets],
-        covariance=full_spectrum,
-    )
+    from tqdm import tqdm
+
+    total_rows = img.rows + sum(src.rows for *_, src in entries)
+    with tqdm(total=total_rows, unit="row", unit_scale=True, disable=log is None, leave=False) as bar:
+        img_sums, passes = streamed.stream_together(
+            img,
+            [src for *_, src in entries],
+            [p is not None and p.kind == "identity" for p in pairsets],
+            covariance=full_spectrum,
+            progress=bar.update,
+        )
     stream_s = time.perf_counter() - t0
     img_idx = sample_indices(img.rows, sizes["--image"], seed + _IMAGE_SEED_OFFSET)
     img_vecs = read_unit_rows(img, img_idx)

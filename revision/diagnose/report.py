@@ -37,7 +37,21 @@ ROWS: list[tuple[str, str, str]] = [
     ("recall_at_10_i2t", "recall@10 image→text", ""),
     ("median_rank_i2t", "median rank image→text", ""),
     ("residual_drift", "residual drift ‖μ_aligned − μᵢ‖", "aligned stores; 0 = centred on images"),
+    ("anisotropy_text.effective_rank", "effective rank (text)", "exp(entropy of the spectrum); higher = rounder"),
+    ("anisotropy_image.effective_rank", "effective rank (image)", ""),
+    ("anisotropy_text.top1_fraction", "top eigenvalue share (text)", "of the total variance"),
+    ("anisotropy_image.top1_fraction", "top eigenvalue share (image)", ""),
 ]
+
+
+def _get(m: Mapping[str, Any], key: str) -> Any:
+    """m[key], where "a.b" reads m["a"]["b"]; None when absent."""
+    value: Any = m
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def _fmt(value: Any, key: str = "") -> str:
@@ -51,14 +65,14 @@ def _fmt(value: Any, key: str = "") -> str:
 
 
 def _present_rows(metrics: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, str]]:
-    return [row for row in ROWS if any(row[0] in m for m in metrics.values())]
+    return [row for row in ROWS if any(_get(m, row[0]) is not None for m in metrics.values())]
 
 
 def text_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """The metrics as an aligned plain-text table: one row per metric, one column per entry."""
     keys = list(metrics)
     header = ["metric", *[str(metrics[k].get("label", k)) for k in keys]]
-    lines = [[label, *[_fmt(metrics[k].get(key), key) for k in keys]] for key, label, _ in _present_rows(metrics)]
+    lines = [[label, *[_fmt(_get(metrics[k], key), key) for k in keys]] for key, label, _ in _present_rows(metrics)]
     widths = [max(len(r[j]) for r in [header, *lines]) for j in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -159,7 +173,7 @@ def render_html(metrics: Mapping[str, Mapping[str, Any]], figs: Mapping[str, Ent
     head = "".join(f"<th>{html.escape(str(metrics[k].get('label', k)))}</th>" for k in keys)
     body = []
     for key, label, note in _present_rows(metrics):
-        cells = "".join(f"<td>{_fmt(metrics[k].get(key), key)}</td>" for k in keys)
+        cells = "".join(f"<td>{_fmt(_get(metrics[k], key), key)}</td>" for k in keys)
         body.append(f"<tr><td>{html.escape(label)}</td>{cells}<td class='note'>{html.escape(note)}</td></tr>")
     inputs = raw["inputs"]
     meta = (

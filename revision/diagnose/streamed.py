@@ -13,7 +13,7 @@ one modality, mean cos = (‖Σx‖² − Σ‖x‖²) / (N (N − 1)).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +131,7 @@ def stream_together(
     *,
     covariance: bool = False,
     block_rows: int | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[RowSums, list[TextPass]]:
     """Sums of the image store and of every text store, reading each store once.
 
@@ -153,9 +154,11 @@ def stream_together(
             out[j].sums.add(t_unit)
             out[j].pair_rows += len(t_unit)
             out[j].pair_cos_sum += float(np.einsum("ij,ij->", t_unit, i_unit, dtype=np.float64))
+        if progress is not None:
+            progress(len(block) * (1 + len(stepped)))
     for j, src in enumerate(texts):
         if not paired[j]:
-            out[j].sums = stream_sums(src, covariance=with_cov, block_rows=block_rows)
+            out[j].sums = stream_sums(src, covariance=with_cov, block_rows=block_rows, progress=progress)
     return img, out
 
 
