@@ -107,11 +107,19 @@ def sums_of_blocks(blocks: Iterable[np.ndarray], dim: int, *, with_covariance: b
     return acc
 
 
-def stream_sums(src: VectorSource, *, covariance: bool = False, block_rows: int | None = None) -> RowSums:
-    """One pass over every row of `src`: the RowSums of its unit rows."""
+def stream_sums(
+    src: VectorSource,
+    *,
+    covariance: bool = False,
+    block_rows: int | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> RowSums:
+    """One pass over every row of `src`: the RowSums of its unit rows. `progress(rows)` per block."""
     acc = RowSums(src.dim, with_covariance=covariance and src.dim <= MAX_COVARIANCE_DIM)
     for _, block in src.iter_chunks(block_rows=block_rows):
         acc.add(unit_rows(block, src.dtype))
+        if progress is not None:
+            progress(len(block))
     return acc
 
 
