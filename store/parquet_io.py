@@ -47,9 +47,23 @@ def natural_key(path: Path) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
-def open_parquet(path: Path) -> pq.ParquetFile:
+@dataclass(frozen=True)
+class ParquetMeta:
+    """A parquet file's footer (schema, row groups, statistics), read without keeping the file open.
+
+    Thousands of input files must not mean thousands of open descriptors: files are opened only
+    while their rows are being read.
+    """
+
+    path: Path
+    metadata: pq.FileMetaData
+    schema_arrow: pa.Schema
+
+
+def open_parquet(path: Path) -> ParquetMeta:
     try:
-        return pq.ParquetFile(path)
+        md = pq.read_metadata(path)
+        return ParquetMeta(path, md, md.schema.to_arrow_schema())
     except (OSError, pa.ArrowException) as exc:
         raise UserError(f"{path}: unreadable parquet file ({exc})") from None
 
@@ -63,7 +77,7 @@ class Column:
     json_text: bool = False
 
 
-def schema_columns(files: list[pq.ParquetFile], paths: list[Path], skip: Sequence[str]) -> list[Column]:
+def schema_columns(files: list[ParquetMeta], paths: list[Path], skip: Sequence[str]) -> list[Column]:
     """The metadata columns of row-aligned parquet files that must all share one schema.
 
     A column's kind follows its Arrow type (string → str, integers → int64, floats → float64,
@@ -105,7 +119,7 @@ def _arrow_kind(t: pa.DataType) -> str:
     return "json"
 
 
-def _may_have_nulls(files: list[pq.ParquetFile], name: str) -> bool:
+def _may_have_nulls(files: list[ParquetMeta], name: str) -> bool:
     for pf in files:
         md = pf.metadata
         if not md.num_rows:
@@ -161,7 +175,7 @@ def batch_ids(batch: pa.RecordBatch, id_column: str | None, first_row: int, wher
 
 
 def iter_slices(
-    pf: pq.ParquetFile, start: int, batch_rows: int, columns: list[str]
+    pf: ParquetMeta, start: int, batch_rows: int, columns: list[str]
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """Record batches (first row, batch) from row `start` on, starting at the row group that holds it."""
     md = pf.metadata
@@ -172,15 +186,16 @@ def iter_slices(
     skip = start - int(bounds[group])
     pos = start
     groups = list(range(group, md.num_row_groups))
-    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=False):
-        if skip >= batch.num_rows:
-            skip -= batch.num_rows
-            continue
-        if skip:
-            batch = batch.slice(skip)
-            skip = 0
-        yield pos, batch
-        pos += batch.num_rows
+    with pq.ParquetFile(pf.path, metadata=md) as reader:
+        for batch in reader.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=False):
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            if skip:
+                batch = batch.slice(skip)
+                skip = 0
+            yield pos, batch
+            pos += batch.num_rows
 
 
 def embedding_matrix(arr: pa.Array, dim: int, where: tuple[Path, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +238,7 @@ def pick_id_column(names: Sequence[str], id_column: str | None, path: Path) -> s
     return None
 
 
-def layout_of(pf: pq.ParquetFile) -> dict[str, Any]:
+def layout_of(pf: ParquetMeta) -> dict[str, Any]:
     """What `revision export` recorded about the store (modality, dtype), or {}."""
     return dict(json.loads((pf.schema_arrow.metadata or {}).get(LAYOUT_KEY, b"{}")))
 
