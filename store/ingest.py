@@ -12,11 +12,14 @@ found with on-disk hash buckets (see idcheck.py), so memory follows the batch si
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -187,11 +190,31 @@ def ingest(
         }
         key = job_key(source, options)
         job = _Job(source, Path(dest), key, nonfinite, batch_rows, commit_rows, show_progress)
-        if Path(dest).exists():
-            return job.append(dtype_given=dtype is not None, dtype=store_dtype)
-        return job.create(cfg)
+        with _exclusive(Path(dest)):
+            if Path(dest).exists():
+                return job.append(dtype_given=dtype is not None, dtype=store_dtype)
+            return job.create(cfg)
     finally:
         source.close()
+
+
+@contextmanager
+def _exclusive(dest: Path) -> Iterator[None]:
+    """One ingest per DEST at a time: a second one would write into the same staging or store."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    lock = dest.parent / f".{dest.name}.ingest.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{dest}: another ingest into this DEST is running (lock {lock})") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 class _Job:

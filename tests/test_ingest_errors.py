@@ -177,3 +177,20 @@ def test_flags_that_do_not_apply_are_named(tmp_path: Path) -> None:
         ingest(tmp_path / "src", tmp_path / "s.zarr", fmt="reference-pkl", nonfinite="ignore")
     with pytest.raises(UserError, match="--format"):
         ingest(tmp_path / "src", tmp_path / "s.zarr", fmt="csv")
+
+
+def test_a_second_concurrent_ingest_into_the_same_dest_is_refused(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    _pkls(tmp_path / "src", [3])
+    lock = tmp_path / ".s.zarr.ingest.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running ingest holds it
+        with pytest.raises(UserError, match="another ingest into this DEST is running"):
+            ingest(tmp_path / "src", tmp_path / "s.zarr", fmt="reference-pkl", **SMALL)
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "s.zarr").exists()
+    assert ingest(tmp_path / "src", tmp_path / "s.zarr", fmt="reference-pkl", **SMALL).rows_added == 3

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 
+from revision.store import CODECS, DTYPES
 from revision.store.ingest import DEFAULT_BATCH_ROWS, FORMATS, NONFINITE, ingest
 
 EPILOG = """examples:
@@ -44,12 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--dtype",
         default=None,
-        choices=("float16", "bfloat16", "float32"),
+        choices=tuple(DTYPES),
         help="storage dtype of a new store (default: the input's; float64 input → float32)",
     )
-    p.add_argument(
-        "--codec", default="none", choices=("none", "blosc-lz4", "zstd"), help="chunk compressor (default none)"
-    )
+    p.add_argument("--codec", default="none", choices=CODECS, help="chunk compressor (default none)")
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk (default: auto, ≥ 1 MiB chunks)")
     p.add_argument("--chunks-per-shard", type=int, default=None, help="chunks per shard file (default: auto, ≈64 MiB)")
     p.add_argument(
