@@ -11,7 +11,7 @@ import torch
 
 from revision.kernels.backend import select_backend, triton_available
 from revision.kernels.launch import check_out_dtype, check_rows, check_vector, interpreter_or_cuda, prepare_out
-from revision.kernels.noise import gaussian_noise_ref, seed_key
+from revision.kernels.noise import NoiseScratch, gaussian_noise_into, gaussian_noise_ref, seed_key
 from revision.kernels.rows_cpu import TileBuffers, tiles, unit_rows_
 from revision.kernels.unit_rule import unit_rows_ref
 
@@ -142,13 +142,15 @@ def shift_rows_torch(
         ))  # fmt: skip
     b = shift.to("cpu", torch.float64).float()
     buffers = TileBuffers(d)
+    noise = NoiseScratch(buffers.rows, d) if sigma != 0.0 else None
+    eps = torch.empty(buffers.rows, d) if sigma != 0.0 else None
     for start, stop in tiles(n, d):
         v = buffers.load(x[start:stop])
         if normalize_in:
             unit_rows_(v)
         v += b
-        if sigma != 0.0:
-            v.add_(gaussian_noise_ref(seed, row_offset + start, stop - start, d), alpha=sigma)
+        if noise is not None and eps is not None:
+            v.add_(gaussian_noise_into(eps[: stop - start], seed, row_offset + start, noise), alpha=sigma)
         if normalize_out:
             unit_rows_(v)
         out[start:stop].copy_(v)

@@ -91,8 +91,8 @@ def gaussian_noise(row_keys, cols):
     c = cols.to(tl.uint32) * 2
     cm1 = mix32(c ^ 0x2545F491)
     cm2 = mix32((c + 1) ^ 0x2545F491)
-    v1 = mix32(mix32(row_keys[:, None] ^ cm1[None, :]) ^ cm1[None, :])
-    v2 = mix32(mix32(row_keys[:, None] ^ cm2[None, :]) ^ cm2[None, :])
+    v1 = mix32(row_keys[:, None] ^ cm1[None, :])
+    v2 = mix32(row_keys[:, None] ^ cm2[None, :])
     u1 = ((v1 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
     u2 = ((v2 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
     radius = tl.sqrt(-2.0 * tl.log(u1))

@@ -139,3 +139,13 @@ def test_wrong_merge_is_rejected() -> None:
         assert "max |Δ|" in str(exc)
     else:
         raise AssertionError("the naive merge must be rejected")
+
+
+@SETTINGS
+@given(st.integers(1, 300), st.integers(1, 70), st.integers(0, 2**64 - 1), st.integers(0, 2**50))
+def test_fast_noise_is_the_reference_noise(n: int, d: int, seed: int, offset: int) -> None:
+    from revision.kernels.noise import NoiseScratch, gaussian_noise_into
+
+    want = K.gaussian_noise_ref(seed, offset, n, d)
+    got = gaussian_noise_into(torch.empty(n, d), seed, offset, NoiseScratch(n + 3, d))
+    assert torch.equal(got, want), f"max |Δ| {(got - want).abs().max():.3e}"
