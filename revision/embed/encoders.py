@@ -232,7 +232,7 @@ class LLM2CLIPEncoder(HFDualEncoder):
         self,
         *,
         image_model: str,
-        text_model: str,
+        text_model: str | None,
         image_processor: str | None,
         device: torch.device,
         weights_dtype: torch.dtype,
@@ -256,7 +256,7 @@ class LLM2CLIPEncoder(HFDualEncoder):
         )
         self.text_name = text_model
         self.l2v: Any = None
-        if not need_text:
+        if not need_text or text_model is None:
             return
         from llm2vec import LLM2Vec
         from transformers import AutoConfig, AutoModel, AutoTokenizer

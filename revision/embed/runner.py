@@ -78,10 +78,13 @@ def load_encoder(cfg: EmbedConfig, device: torch.device, modalities: list[str]) 
     if kind == "auto":
         kind = "llm2clip" if image_name and looks_like_llm2clip(image_name) else "hf"
     if kind == "llm2clip":
-        if not (cfg.image_model and cfg.text_model):
-            raise UserError("--encoder llm2clip needs --image-model (LLM2CLIP) and --text-model (llm2vec LLM)")
+        clip_name = cfg.image_model or cfg.model
+        if not clip_name or ("text" in modalities and not cfg.text_model):
+            raise UserError(
+                "--encoder llm2clip needs --image-model (LLM2CLIP) and, for texts, --text-model (llm2vec LLM)"
+            )
         return LLM2CLIPEncoder(
-            image_model=cfg.image_model,
+            image_model=clip_name,
             text_model=cfg.text_model,
             image_processor=cfg.image_processor,
             device=device,
