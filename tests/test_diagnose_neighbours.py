@@ -65,7 +65,10 @@ def test_approximate_index_reports_its_recall() -> None:
     approx = knn_metrics(t, i, k=10, seed=0, exact_limit=1000, threads=1)
     assert approx["faiss"]["index"].startswith("ivf")
     recall = approx["faiss"]["recall_vs_exact"]
-    assert 0.5 < recall <= 1.0, recall
+    nlist = int(approx["faiss"]["index"][3:].split("-")[0])
+    # nprobe grows until the measured recall reaches the target, or every list is probed.
+    assert recall >= 0.95 or approx["faiss"]["nprobe"] == nlist, approx["faiss"]
+    assert approx["faiss"]["recall_queries"] == 1000
     assert abs(approx["knn_mixing"] - exact["knn_mixing"]) < 0.05
     assert "recall_vs_exact" not in exact["faiss"]
 
@@ -86,6 +89,7 @@ def test_drop_self_handles_duplicates() -> None:
     scores = np.array([[1.0, 1.0, 0.5], [0.9, 0.8, 0.7]], dtype=np.float32)
     kept_ids, kept_scores = _drop_self(ids, scores, 2)
     assert kept_ids.tolist() == [[5, 7], [3, 4]]
+    assert _drop_self(ids, scores, 2, np.array([7, 3]))[0].tolist() == [[5, 0], [4, 6]]
     assert kept_scores.tolist() == [[1.0, 0.5], [pytest.approx(0.9), pytest.approx(0.8)]]
 
 

@@ -56,6 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--threads", type=int, default=None, help="FAISS threads (default: the fastest of a quick measurement)"
     )
     p.add_argument(
+        "--exact-limit",
+        type=int,
+        default=200_000,
+        metavar="N",
+        help="exact FAISS search up to N pooled sampled rows, IVF beyond, its recall reported (default: 200000)",
+    )
+    p.add_argument(
         "--full-spectrum",
         action="store_true",
         help="covariance spectrum over all rows (a D×D float64 matrix, O(rows·D²) time); default: from the sample",
@@ -87,13 +94,15 @@ def run(args: argparse.Namespace) -> int:
     from revision.diagnose.pipeline import run_diagnosis
     from revision.diagnose.report import text_table
 
+    if args.exact_limit < 1:
+        raise UserError(f"--exact-limit {args.exact_limit}: must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be at least 1")
     log = None if args.quiet else (lambda msg: print(f"revision diagnose: {msg}", file=sys.stderr))
     result = run_diagnosis(
         args.text, args.image, aligned=_aligned(args.aligned), sample=args.sample, k=args.k, seed=args.seed,
         pairs=args.pairs, pairs_file=args.pairs_file, gpu=not args.no_gpu, threads=args.threads,
-        full_spectrum=args.full_spectrum, log=log,
+        full_spectrum=args.full_spectrum, exact_limit=args.exact_limit, log=log,
     )  # fmt: skip
     metrics_path, report_path = write_outputs(result, args.out)
     print(text_table(result.metrics))

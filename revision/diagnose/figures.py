@@ -88,7 +88,7 @@ def spectra(metrics: Mapping[str, Any]) -> bytes:
         ax.semilogy(np.arange(1, len(spec) + 1), spec, color=_TEXT, linestyle=styles[j % len(styles)],
                     linewidth=1.6, label=f"text, {m.get('label', key)}")  # fmt: skip
     source = first.get("spectrum_source", "all rows")
-    ax.set_title(f"Covariance spectrum of the unit rows (top {len(img)}, from {source})")
+    ax.set_title(f"Covariance spectrum of the unit rows, top {len(img)}\n(from {source})", fontsize=10)
     ax.set_xlabel("eigenvalue rank")
     ax.set_ylabel("eigenvalue")
     ax.legend(fontsize=8)

@@ -22,6 +22,7 @@ import numpy as np
 
 EXACT_LIMIT = 200_000
 RECALL_QUERIES = 1000
+RECALL_TARGET = 0.95
 
 
 @dataclass
@@ -32,6 +33,7 @@ class IndexChoice:
     threads: int
     gpu: bool
     nprobe: int | None = None
+    nlist: int = 0
 
 
 def _gpu_available() -> bool:
@@ -52,7 +54,9 @@ def build_index(x: np.ndarray, *, exact: bool, seed: int, gpu: bool) -> tuple[An
         train = x[rng.choice(len(x), size=min(len(x), 64 * nlist), replace=False)]
         index.train(train)
         index.nprobe = max(1, nlist // 16)
-        choice = IndexChoice(f"ivf{nlist}-flat-ip", faiss.omp_get_max_threads(), gpu=False, nprobe=index.nprobe)
+        choice = IndexChoice(
+            f"ivf{nlist}-flat-ip", faiss.omp_get_max_threads(), gpu=False, nprobe=index.nprobe, nlist=nlist
+        )
     if gpu and _gpu_available():
         res = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(res, 0, index)
@@ -78,10 +82,13 @@ def pick_threads(index: Any, probe: np.ndarray, k: int) -> tuple[int, dict[str, 
     return best, timings
 
 
-def _drop_self(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each query's own row (query q is row q of the index) from k + 1 results."""
+def _drop_self(
+    ids: np.ndarray, scores: np.ndarray, k: int, self_rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each query's own row (`self_rows[q]`, default q) from its k + 1 results."""
     n = len(ids)
-    is_self = ids == np.arange(n)[:, None]
+    rows = np.arange(n) if self_rows is None else np.asarray(self_rows)
+    is_self = ids == rows[:, None]
     # Where the row is not among the results (ties with duplicates), drop the last one instead.
     missing = ~is_self.any(axis=1)
     is_self[missing, -1] = True
@@ -106,6 +113,47 @@ def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, block: int = 256) 
     return scores, ids
 
 
+def _pooled_search(
+    t_index: Any, i_index: Any, queries: np.ndarray, self_rows: np.ndarray, k: int, n_t: int, n_i: int
+) -> dict[str, np.ndarray]:
+    """The k nearest of each query among text (itself excluded) and image rows, from both indexes.
+
+    Returns the best text and image scores and `pooled`: (n, k) pooled ids, images offset by n_t,
+    −1 where the index returned nothing.
+    """
+    k_t, k_i = min(k + 1, n_t), min(k, n_i)
+    s_t, id_t = t_index.search(queries, k_t)
+    s_i, id_i = i_index.search(queries, k_i)
+    id_t, s_t = _drop_self(id_t, s_t, k_t - 1, self_rows)
+    scores = np.concatenate([s_t, s_i], axis=1)
+    ids = np.concatenate([id_t, np.where(id_i >= 0, id_i + n_t, -1)], axis=1)
+    scores = np.where(ids >= 0, scores, -np.inf)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return {
+        "pooled": np.take_along_axis(ids, top, axis=1),
+        "best_text": np.where(id_t[:, 0] >= 0, s_t[:, 0], np.nan) if k_t > 1 else np.full(len(queries), np.nan),
+        "best_image": np.where(id_i[:, 0] >= 0, s_i[:, 0], np.nan),
+    }
+
+
+def _exact_pooled(text: np.ndarray, image: np.ndarray, q: np.ndarray, k: int) -> list[set[int]]:
+    """Brute-force pooled k-NN ids of text rows `q` (themselves excluded), the recall reference."""
+    n_t = len(text)
+    et_s, et_id = exact_topk(text[q], text, k + 1)
+    ei_s, ei_id = exact_topk(text[q], image, k)
+    truth = []
+    for row, qi in enumerate(q.tolist()):
+        keep = et_id[row] != qi
+        ids = np.concatenate([et_id[row][keep], ei_id[row] + n_t])
+        scores = np.concatenate([et_s[row][keep], ei_s[row]])
+        truth.append(set(ids[np.argsort(-scores, kind="stable")[:k]].tolist()))
+    return truth
+
+
+def _recall(pooled: np.ndarray, truth: list[set[int]], k: int) -> float:
+    return sum(len(set(row.tolist()) & want) for row, want in zip(pooled, truth, strict=True)) / (len(truth) * k)
+
+
 def knn_metrics(
     text: np.ndarray,
     image: np.ndarray,
@@ -119,7 +167,9 @@ def knn_metrics(
     """k-NN mixing of text rows within the pooled sample, and the mean best cross/intra cosines.
 
     text, image: unit float32 rows. Returns metrics plus `neighbour_image_counts`, the histogram
-    (length k + 1) of how many of each text row's k neighbours are images.
+    (length k + 1) of how many of each text row's k neighbours are images. With an approximate
+    index, nprobe doubles until the recall against brute force on a query subset reaches
+    `RECALL_TARGET` (or every list is probed); that recall is reported.
     """
     n_t, n_i = len(text), len(image)
     if n_t < 2 or n_i < 1:
@@ -129,35 +179,41 @@ def knn_metrics(
     image = np.ascontiguousarray(image, dtype=np.float32)
     exact = n_t + n_i <= exact_limit
     t_index, choice = build_index(text, exact=exact, seed=seed, gpu=gpu)
-    i_index, _ = build_index(image, exact=exact, seed=seed + 1, gpu=gpu)
-    k_t, k_i = min(k + 1, n_t), min(k, n_i)
+    i_index, i_choice = build_index(image, exact=exact, seed=seed + 1, gpu=gpu)
     timings: dict[str, float] = {}
     if threads is None:
         if choice.gpu:
             threads = faiss.omp_get_max_threads()
         else:
-            threads, timings = pick_threads(t_index, text[: min(256, n_t)], k_t)
+            threads, timings = pick_threads(t_index, text[: min(256, n_t)], min(k + 1, n_t))
     faiss.omp_set_num_threads(threads)
     choice.threads = threads
 
-    s_t, id_t = t_index.search(text, k_t)
-    s_i, id_i = i_index.search(text, k_i)
-    id_t, s_t = _drop_self(id_t, s_t, k_t - 1)
-    # Pool: label text neighbours 0 and image neighbours 1, keep the k best scores.
-    scores = np.concatenate([s_t, s_i], axis=1)
-    is_image = np.concatenate([np.zeros_like(id_t, dtype=bool), np.ones_like(id_i, dtype=bool)], axis=1)
-    valid = np.concatenate([id_t >= 0, id_i >= 0], axis=1)
-    scores = np.where(valid, scores, -np.inf)
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    image_hits = np.take_along_axis(is_image, top, axis=1).sum(axis=1)
+    recall: float | None = None
+    if not exact:
+        rng = np.random.default_rng(seed + 2)
+        q = np.sort(rng.choice(n_t, size=min(RECALL_QUERIES, n_t), replace=False))
+        truth = _exact_pooled(text, image, q, k)
+        nlist = max(choice.nlist, i_choice.nlist)
+        nprobe = choice.nprobe or 1
+        while True:
+            _set_nprobe(t_index, nprobe)
+            _set_nprobe(i_index, nprobe)
+            recall = _recall(_pooled_search(t_index, i_index, text[q], q, k, n_t, n_i)["pooled"], truth, k)
+            if recall >= RECALL_TARGET or nprobe >= nlist:
+                break
+            nprobe = min(2 * nprobe, nlist)
+        choice.nprobe = nprobe
 
+    res = _pooled_search(t_index, i_index, text, np.arange(n_t), k, n_t, n_i)
+    image_hits = (res["pooled"] >= n_t).sum(axis=1)
     out: dict[str, Any] = {
         "knn_k": k,
         "knn_mixing": float(image_hits.mean() / k),
         "knn_mixing_ideal": n_i / (n_t + n_i - 1),
         "neighbour_image_counts": np.bincount(image_hits, minlength=k + 1).tolist(),
-        "top1_cross_cosine": float(np.where(id_i[:, 0] >= 0, s_i[:, 0], np.nan).mean()),
-        "top1_intra_cosine": float(np.where(id_t[:, 0] >= 0, s_t[:, 0], np.nan).mean()),
+        "top1_cross_cosine": float(np.nanmean(res["best_image"])),
+        "top1_intra_cosine": float(np.nanmean(res["best_text"])),
         "faiss": {
             "index": choice.kind,
             "gpu": choice.gpu,
@@ -166,35 +222,12 @@ def knn_metrics(
             "nprobe": choice.nprobe,
         },
     }
-    if not exact:
-        out["faiss"]["recall_vs_exact"] = _approx_recall(text, image, id_t, id_i, s_t, s_i, k, seed)
+    if recall is not None:
+        out["faiss"]["recall_vs_exact"] = recall
+        out["faiss"]["recall_queries"] = len(truth)
     return out
 
 
-def _approx_recall(
-    text: np.ndarray,
-    image: np.ndarray,
-    id_t: np.ndarray,
-    id_i: np.ndarray,
-    s_t: np.ndarray,
-    s_i: np.ndarray,
-    k: int,
-    seed: int,
-) -> float:
-    """Recall@k of the approximate pooled search against brute force, on a query subset."""
-    rng = np.random.default_rng(seed + 2)
-    q = np.sort(rng.choice(len(text), size=min(RECALL_QUERIES, len(text)), replace=False))
-    n_t = len(text)
-    et_s, et_id = exact_topk(text[q], text, k + 1)
-    ei_s, ei_id = exact_topk(text[q], image, k)
-    hits = 0
-    for row, qi in enumerate(q.tolist()):
-        t_keep = et_id[row] != qi
-        want_ids = np.concatenate([et_id[row][t_keep], ei_id[row] + n_t])
-        want_scores = np.concatenate([et_s[row][t_keep], ei_s[row]])
-        want = set(want_ids[np.argsort(-want_scores, kind="stable")[:k]].tolist())
-        scores = np.concatenate([s_t[qi], s_i[qi]])
-        ids = np.concatenate([id_t[qi], np.where(id_i[qi] >= 0, id_i[qi] + n_t, -1)])
-        got = set(ids[np.argsort(-scores, kind="stable")[:k]].tolist())
-        hits += len(got & want)
-    return hits / (len(q) * k)
+def _set_nprobe(index: Any, nprobe: int) -> None:
+    # CPU IndexIVFFlat and the GPU IVF indexes both expose `nprobe`.
+    index.nprobe = nprobe

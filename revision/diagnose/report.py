@@ -184,7 +184,8 @@ def render_html(metrics: Mapping[str, Mapping[str, Any]], figs: Mapping[str, Ent
         f"Neighbour search: FAISS {raw['faiss']['index']}, {raw['faiss']['threads']} thread(s)"
         + (", GPU" if raw["faiss"]["gpu"] else "")
         + (
-            f", recall vs exact {raw['faiss']['recall_vs_exact']:.3f}"
+            f", nprobe {raw['faiss']['nprobe']}, recall@k vs exact search {raw['faiss']['recall_vs_exact']:.3f}"
+            f" on {raw['faiss']['recall_queries']:,} queries"
             if raw["faiss"].get("recall_vs_exact") is not None
             else ""
         )
