@@ -286,3 +286,15 @@ def test_siglip_pads_to_max_length(tiny: dict[str, Path], tmp_path: Path) -> Non
     assert_rows_close(store.read(), per_item("max_length"), atol=1e-5)
     with pytest.raises(AssertionError):
         assert_rows_close(store.read(), per_item("longest"), atol=1e-5)
+
+
+def test_lost_failure_log_refuses_to_resume(
+    tiny: dict[str, Path], clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(clean, out)
+    shutil.rmtree(out / ".failures")
+    assert _embed(tiny, out, "--batch-size", "3", "--commit-batches", "2", "--workers", "0") == 2
+    assert "failure log was deleted" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from revision.embed.batches import Failure
+from revision.errors import UserError
 
 PARTS_DIR = ".failures"
 
@@ -31,6 +32,12 @@ class FailureLog:
         self.path = path
         self.modality = modality
         path.parent.mkdir(parents=True, exist_ok=True)
+        size = path.stat().st_size if path.exists() else 0
+        if size < committed_bytes:
+            raise UserError(
+                f"{path}: holds {size} bytes but the {modality} store's last commit recorded {committed_bytes}; "
+                f"the failure log was deleted or cut, so the run cannot resume: delete the {modality} store to redo it"
+            )
         # Anything past the last commit belongs to work that will be redone.
         with open(path, "ab") as fh:
             fh.truncate(committed_bytes)
