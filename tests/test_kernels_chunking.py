@@ -6,14 +6,27 @@ against the whole matrix at once; and `merge_moments` against a float64 two-pass
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import revision.kernels as K
+from revision.kernels import rows_cpu
 from revision.kernels.compare import assert_close
 
 SETTINGS = settings(max_examples=20, deadline=None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_tiles() -> Iterator[None]:
+    """16 KiB tiles: chunk and tile boundaries then fall at many different rows."""
+    saved = rows_cpu.TILE_BYTES
+    rows_cpu.TILE_BYTES = 16 * 1024
+    yield
+    rows_cpu.TILE_BYTES = saved
 
 
 def _matrix(n: int, d: int, seed: int, dtype: torch.dtype = torch.float16) -> torch.Tensor:

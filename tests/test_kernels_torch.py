@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
 import revision.kernels as K
+from revision.kernels import rows_cpu
 from revision.kernels.backend import select_backend
 from revision.kernels.compare import OUTPUT_TOLERANCE, assert_close
 from revision.kernels.rows_cpu import tile_rows
@@ -33,8 +36,17 @@ def _means(d: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return mu_t, mu_i, mu_hat
 
 
+@pytest.fixture(autouse=True, scope="module")
+def small_tiles() -> Iterator[None]:
+    """Tiles of 64 KiB, so the test shapes cross many tile boundaries of the torch path."""
+    saved = rows_cpu.TILE_BYTES
+    rows_cpu.TILE_BYTES = 64 * 1024
+    yield
+    rows_cpu.TILE_BYTES = saved
+
+
 def test_tiles_really_split_the_test_shapes() -> None:
-    assert tile_rows(1280) < 1023 and tile_rows(64) < 4099
+    assert tile_rows(1280) < 33 and tile_rows(64) < 4099
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
