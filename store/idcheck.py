@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .idindex import hash_ids
+from .idindex import DEFAULT_HASH, hash_ids
 
+#: Names the id hash; a resumed ingest must use the one its bucket files were written with.
+ID_HASH = DEFAULT_HASH
 RECORD = np.dtype([("h", "<u8"), ("row", "<i8"), ("src", "<i8")])
 #: `src` packs (file index, item) of an input row as file << ITEM_BITS | item; rows already in the
 #: destination store have src = -1.

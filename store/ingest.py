@@ -24,6 +24,7 @@ from typing import Any
 from revision.errors import UserError
 
 from .config import ConfigError, StoreConfig, canonical_dtype
+from .idcheck import ID_HASH
 from .ingest_job import IngestJob, IngestSummary
 from .npy_io import NpySource
 from .parquet_io import ParquetSource
@@ -129,6 +130,8 @@ def ingest(
             "nonfinite": nonfinite,
             "id_column": id_column,
             "embedding_column": embedding_column,
+            # Resumed runs reuse the id buckets on disk, so they must hash ids the same way.
+            "id_hash": ID_HASH,
         }
         key = job_key(source, options)
         job = IngestJob(source, Path(dest), key, nonfinite, batch_rows, commit_rows, show_progress)
