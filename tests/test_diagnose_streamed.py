@@ -175,3 +175,60 @@ def test_stream_together_unpaired_and_paired_agree() -> None:
     assert abs(pa.pair_cos_sum - float(np.einsum("ij,ij->", a.astype(np.float64), b))) < 1e-5
     with pytest.raises(ValueError, match="equal row counts"):
         stream_together(ArraySource(a), [ArraySource(c)], [True])
+
+
+def unit_rule_ref(x: np.ndarray) -> np.ndarray:
+    """The reference's rule in float64, row by row: the specification of `unit_rows`."""
+    out = np.where(np.isfinite(x), x, 0.0).astype(np.float64)
+    for r in range(len(out)):
+        norm = np.sqrt((out[r] ** 2).sum())
+        if norm >= 1e-10:
+            out[r] /= norm
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), d=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_unit_rows_fast_path_equals_the_rule(n: int, d: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    # Exceptional rows the fast path must hand over: zero, tiny, huge, non-finite.
+    kinds = rng.integers(0, 6, n)
+    x[kinds == 1] = 0.0
+    x[kinds == 2] *= np.float32(1e-12)
+    x[kinds == 3] *= np.float32(1e37)
+    x[kinds == 4, 0] = np.nan
+    x[kinds == 5, -1] = np.inf
+    got, want = unit_rows(x), unit_rule_ref(x.astype(np.float64))
+    err = np.abs(got - want)
+    assert err.max() < 1e-6, f"max diff {err.max():.3g} at row {np.unravel_index(err.argmax(), err.shape)[0]}"
+    # A version without the careful path must be caught by this comparison.
+    # (Huge rows are fine for it in float64; zero, tiny and non-finite rows are not.)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        naive = x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    if np.isin(kinds, [1, 2, 4, 5]).any():
+        assert not np.allclose(naive, want, atol=1e-6, equal_nan=False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 200),
+    block_img=st.integers(1, 64),
+    block_txt=st.integers(1, 64),
+    block_rows=st.integers(1, 80),
+    seed=st.integers(0, 2**16),
+)
+def test_stream_together_is_independent_of_chunking(
+    n: int, block_img: int, block_txt: int, block_rows: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    t = rng.standard_normal((n, 5)).astype(np.float32)
+    i = rng.standard_normal((n, 5)).astype(np.float32)
+    img, (tp,) = stream_together(
+        ArraySource(i, block=block_img), [ArraySource(t, block=block_txt)], [True], block_rows=block_rows
+    )
+    ut, ui = unit_rule_ref(t.astype(np.float64)), unit_rule_ref(i.astype(np.float64))
+    assert img.n == tp.sums.n == tp.pair_rows == n
+    np.testing.assert_allclose(tp.sums.total, ut.sum(0), atol=1e-5)
+    np.testing.assert_allclose(img.sq_norms, (ui**2).sum(), atol=1e-4)
+    assert abs(tp.pair_cos_sum - float((ut * ui).sum())) < 1e-4
