@@ -60,7 +60,7 @@ def build_index(x: np.ndarray, *, exact: bool, seed: int, gpu: bool) -> tuple[An
     if gpu and _gpu_available():
         res = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(res, 0, index)
-        index.__dict__["_revision_gpu_res"] = res  # keep the resources alive with the index
+        index.referenced_objects = [res]  # faiss's idiom: the GPU resources live as long as the index
         choice.gpu = True
     index.add(x)
     return index, choice
