@@ -7,7 +7,26 @@ One call does it all::
                        out="report_dir", sample=5_000, k=10)
 
 `metrics` is what `report_dir/metrics.json` holds: {"raw": {...}, "aligned": {...}} (one
-entry per aligned store, keyed "aligned" when there is one, else by name).
+entry per aligned store, keyed "aligned" when there is one, else by name). Each entry compares
+one text-like store with the image store; rows are L2-normalised (float32) first.
+
+Over all rows, exact (one streaming pass, float64 sums):
+  centroid_gap ‖μ_i − μ_t‖, centroid_cosine, trace_text / trace_image (mean ‖x − μ‖²),
+  trace_ratio (text / image), mean_cross_cosine, mean_intra_cosine_{text,image} (pairs a ≠ b),
+  rmg: relative modality gap with d = (1 − cos)/2: mean cross d / (mean of the two mean intra
+  d + mean cross d); 0.5 = no gap. residual_drift (aligned entries) = ‖μ_aligned − μ_i‖.
+  rmg_paired (with pairs): Schrodi et al.'s paired form; over all rows when row r of text pairs
+  with row r of image (ids equal in order), else over the sampled pairs (`rmg_paired_rows`).
+On seeded samples (`sample`: rows per modality and seed):
+  linear_separability (held-out accuracy, 80/20, balanced; 0.5 = no gap),
+  knn_mixing (fraction of a text row's k nearest in the pooled sample that are images) and
+  knn_mixing_ideal = n_img / (n_txt + n_img − 1), neighbour_image_counts,
+  top1_cross_cosine / top1_intra_cosine (mean best image / other-text cosine per text row),
+  recall_at_{1,5,10}_{t2i,i2t}, median_rank_{t2i,i2t} among the sampled pairs (recall_at_k and
+  median_rank repeat t2i), spectrum_{text,image} (top covariance eigenvalues; `spectrum_source`),
+  anisotropy_{text,image} (top1_fraction, effective_rank, mean_cosine).
+Also: faiss (index, threads and the timings that chose them, nprobe and recall_vs_exact for IVF),
+pairs, inputs, seconds (per stage).
 """
 
 from __future__ import annotations
