@@ -126,8 +126,8 @@ def faiss_vs_numpy_knn(text: Path, image: Path, sample: int, k: int, repeats: in
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_baseline":
-        text, image, sample, k, out = sys.argv[2:7]
-        baseline_main(text, image, int(sample), int(k), out)
+        b_text, b_image, b_sample, b_k, b_out = sys.argv[2:7]
+        baseline_main(b_text, b_image, int(b_sample), int(b_k), b_out)
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--_diagnose":
         diagnose_main(sys.argv[2], sys.argv[3:])
