@@ -33,6 +33,7 @@ META_KINDS: dict[str, np.dtype[Any] | None] = {
 MIN_CHUNK_BYTES = 1 << 20
 TARGET_CHUNK_BYTES = 4 << 20
 TARGET_SHARD_BYTES = 64 << 20
+MAX_CHUNKS_PER_SHARD = 1024
 
 
 class ConfigError(ValueError):
@@ -107,6 +108,7 @@ class StoreConfig:
         cps = self.chunks_per_shard
         if cps is None:
             cps = max(1, TARGET_SHARD_BYTES // (chunk * self.dim * self.np_dtype.itemsize))
+            cps = min(cps, MAX_CHUNKS_PER_SHARD)  # tiny chunks would otherwise give a huge shard index
         return StoreConfig(**{**asdict(self), "chunk_rows": chunk, "chunks_per_shard": cps})
 
     def to_json(self) -> dict[str, Any]:

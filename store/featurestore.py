@@ -59,7 +59,10 @@ def _as_storage(vectors: Any, dtype: str, np_dtype: np.dtype[Any]) -> np.ndarray
             return arr
         import torch
 
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.bfloat16)
+        f32 = np.ascontiguousarray(arr, dtype=np.float32)
+        if not f32.flags.writeable:  # torch.from_numpy warns on read-only memory (e.g. a memmap)
+            f32 = f32.copy()
+        t = torch.from_numpy(f32).to(torch.bfloat16)
         return t.view(torch.int16).numpy().view(np.uint16)
     return arr.astype(np_dtype, copy=False)
 
