@@ -172,6 +172,12 @@ def test_bad_input_is_a_clear_error(corpus: dict, tmp_path: Path, capsys) -> Non
     err = _run_error([*base, "--image", str(corpus["image"]), "--pairs-file", str(pairs)], capsys)
     assert str(pairs) in err and "none of 2" in err
 
+    not_dir = tmp_path / "file.txt"
+    not_dir.write_text("x")
+    err = _run_error(["diagnose", "--text", str(corpus["text"]), "--image", str(corpus["image"]),
+                      "--out", str(not_dir), "--quiet", "--sample", "20"], capsys)  # fmt: skip
+    assert "not a folder" in err
+
     err = _run_error([*base, "--image", str(tmp_path / "missing.zarr")], capsys)
     assert "missing.zarr" in err
     assert not (tmp_path / "o" / "metrics.json").exists()

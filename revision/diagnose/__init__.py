@@ -37,6 +37,7 @@ from typing import Any
 
 from revision.diagnose.pipeline import DEFAULT_SAMPLE, Diagnosis, metrics_json, run_diagnosis, write_atomic
 from revision.diagnose.sources import ArraySource, VectorSource
+from revision.errors import UserError
 
 __all__ = ["DEFAULT_SAMPLE", "ArraySource", "Diagnosis", "VectorSource", "diagnose", "write_outputs"]
 
@@ -46,6 +47,8 @@ def write_outputs(result: Diagnosis, out: str | Path) -> tuple[Path, Path]:
     from revision.diagnose.report import render_html
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     metrics_path, report_path = out / "metrics.json", out / "report.html"
     write_atomic(metrics_path, metrics_json(result.metrics))
