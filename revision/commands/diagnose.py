@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     from revision.diagnose.pipeline import run_diagnosis
     from revision.diagnose.report import text_table
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        # Checked before the work, not only when writing, so a typo costs no time.
+        raise UserError(f"--out {args.out}: exists and is not a folder")
     if args.exact_limit < 1:
         raise UserError(f"--exact-limit {args.exact_limit}: must be at least 1")
     if args.threads is not None and args.threads < 1:
