@@ -18,7 +18,6 @@ mixed eight bytes at a time.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,8 +154,10 @@ class IdIndexBuilder:
         run_rows: int = 1 << 22,
         merge_fanin: int = 64,
         hash_fn: HashFn = hash_id_bytes,
-        tmp_dir: str | Path | None = None,
+        resume: dict[str, int] | None = None,
     ) -> None:
+        """`resume`: a `checkpoint()` of an interrupted build in the same directory; the builder then
+        continues after its rows (call `rehash` with the ids of rows `pending_from` .. `rows` first)."""
         if run_rows < 1 or merge_fanin < 2:
             raise ValueError(f"run_rows must be >= 1 (got {run_rows}) and merge_fanin >= 2 (got {merge_fanin})")
         self.dir = Path(directory)
@@ -164,15 +165,47 @@ class IdIndexBuilder:
         self.run_rows = run_rows
         self.merge_fanin = merge_fanin
         self.hash_fn = hash_fn
-        self._tmp = Path(tempfile.mkdtemp(prefix="idindex-runs-", dir=tmp_dir or self.dir))
-        self._bytes = NpyWriter(self.dir / "ids_bytes.npy", np.uint8)
-        self._offsets = NpyWriter(self.dir / "ids_offsets.npy", np.int64)
-        self._offsets.append(np.zeros(1, np.int64))
-        self._total_bytes = 0
-        self.rows = 0
+        self._tmp = self.dir / "idindex-runs"
         self._buf_hash: list[np.ndarray] = []
         self._buf_rows = 0
-        self._runs: list[Path] = []
+        if resume is None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp.mkdir()
+            self._bytes = NpyWriter(self.dir / "ids_bytes.npy", np.uint8)
+            self._offsets = NpyWriter(self.dir / "ids_offsets.npy", np.int64)
+            self._offsets.append(np.zeros(1, np.int64))
+            self._total_bytes = 0
+            self.rows = 0
+            self._runs: list[Path] = []
+            return
+        self.rows, self._total_bytes, n_runs = int(resume["rows"]), int(resume["id_bytes"]), int(resume["runs"])
+        self._runs = [self._tmp / f"run{k:06d}" for k in range(n_runs)]
+        keep = {f"{r.name}{suffix}" for r in self._runs for suffix in (".hash.npy", ".row.npy")}
+        missing = keep - {p.name for p in self._tmp.iterdir()}
+        if missing:
+            raise ValueError(f"{self._tmp}: cannot resume, sort runs missing: {sorted(missing)[:3]}")
+        for p in self._tmp.iterdir():
+            if p.name not in keep:  # spilled after the checkpoint: its rows are re-hashed instead
+                p.unlink()
+        self._bytes = NpyWriter(self.dir / "ids_bytes.npy", np.uint8, resume_rows=self._total_bytes)
+        self._offsets = NpyWriter(self.dir / "ids_offsets.npy", np.int64, resume_rows=self.rows + 1)
+
+    @property
+    def pending_from(self) -> int:
+        """First row whose hash is not in a spilled run (after a resume: re-hash from here to `rows`)."""
+        return len(self._runs) * self.run_rows + self._buf_rows
+
+    def rehash(self, ids: Sequence[str] | np.ndarray) -> None:
+        """After a resume: the ids of rows pending_from .. rows, whose hashes were only in memory."""
+        if self.pending_from + len(ids) != self.rows:
+            raise ValueError(f"rehash needs the ids of rows {self.pending_from}..{self.rows}, got {len(ids)}")
+        self._buffer(hash_encoded(encode_ids(ids), self.hash_fn))
+
+    def checkpoint(self) -> dict[str, int]:
+        """Flush what was added; returns the state to pass as `resume` after an interruption."""
+        self._bytes.flush()
+        self._offsets.flush()
+        return {"rows": self.rows, "id_bytes": self._total_bytes, "runs": len(self._runs)}
 
     def add(self, ids: Sequence[str] | np.ndarray) -> None:
         """Append the next block of ids (rows self.rows .. self.rows + len(ids))."""
@@ -184,9 +217,12 @@ class IdIndexBuilder:
         self._bytes.append(enc.flat)
         self._offsets.append(self._total_bytes + np.cumsum(lens))
         self._total_bytes += int(enc.flat.size)
-        hashes = hash_encoded(enc, self.hash_fn)
+        self.rows += n
+        self._buffer(hash_encoded(enc, self.hash_fn))
+
+    def _buffer(self, hashes: np.ndarray) -> None:
         # Split so each run holds at most run_rows entries.
-        pos = 0
+        pos, n = 0, hashes.size
         while pos < n:
             take = min(n - pos, self.run_rows - self._buf_rows)
             self._buf_hash.append(hashes[pos : pos + take])
@@ -194,7 +230,6 @@ class IdIndexBuilder:
             pos += take
             if self._buf_rows == self.run_rows:
                 self._spill()
-        self.rows += n
 
     def _spill(self) -> None:
         if not self._buf_rows:
@@ -211,31 +246,33 @@ class IdIndexBuilder:
         self._buf_rows = 0
 
     def finish(self, *, block_rows: int = 1 << 20) -> IndexStats:
-        """Merge the runs into the final sorted index, check collisions, remove temporaries."""
-        try:
-            self._spill()
-            self._bytes.close()
-            self._offsets.close()
-            runs = self._runs
-            level = 0
-            while len(runs) > self.merge_fanin:
-                runs = [
-                    self._merge(runs[i : i + self.merge_fanin], self._tmp / f"m{level}-{i:06d}", block_rows)
-                    for i in range(0, len(runs), self.merge_fanin)
-                ]
-                level += 1
-            final = self._merge(runs, self.dir / "id", block_rows)
-            for suffix in (".hash.npy", ".row.npy"):
-                Path(f"{final}{suffix}").replace(self.dir / f"id_{suffix.split('.')[1]}.npy")
-            collisions, duplicates = _count_collisions(self.dir, block_rows)
-            return IndexStats(self.rows, self._total_bytes, collisions, duplicates)
-        finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+        """Merge the runs into the final sorted index, check collisions, remove the sort runs.
+
+        The spilled runs are removed only once the index is complete, so an interrupted finish
+        can be resumed from the last checkpoint.
+        """
+        self._spill()
+        self._bytes.close()
+        self._offsets.close()
+        runs = self._runs
+        level = 0
+        while len(runs) > self.merge_fanin:
+            runs = [
+                self._merge(runs[i : i + self.merge_fanin], self._tmp / f"m{level}-{i:06d}", block_rows)
+                for i in range(0, len(runs), self.merge_fanin)
+            ]
+            level += 1
+        final = self._merge(runs, self.dir / "id", block_rows)
+        for suffix in (".hash.npy", ".row.npy"):
+            Path(f"{final}{suffix}").replace(self.dir / f"id_{suffix.split('.')[1]}.npy")
+        collisions, duplicates = _count_collisions(self.dir, block_rows)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        return IndexStats(self.rows, self._total_bytes, collisions, duplicates)
 
     def abort(self) -> None:
+        """Stop without finishing; the files and sort runs stay for a resume (or for removal)."""
         self._bytes.abort()
         self._offsets.abort()
-        shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _merge(self, runs: list[Path], out: Path, block_rows: int) -> Path:
         """K-way merge of sorted (hash, row) runs, holding about `block_rows` entries in memory."""
@@ -264,10 +301,10 @@ class IdIndexBuilder:
                 wh.append(h[order])
                 wr.append(r[order])
         del hashes, rows
-        for r in runs:
-            if r.parent == self._tmp:
-                Path(f"{r}.hash.npy").unlink()
-                Path(f"{r}.row.npy").unlink()
+        for run in runs:
+            if run.name.startswith("m"):  # an intermediate merge; the spilled runs stay until the end
+                Path(f"{run}.hash.npy").unlink()
+                Path(f"{run}.row.npy").unlink()
         return out
 
 

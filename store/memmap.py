@@ -10,11 +10,13 @@ The export directory holds:
                   and its alignment stats (if any). Written last; its presence marks a complete export.
 
 Written in one streaming pass over the store (memory bounded by one read block plus one sort run),
-into a temporary directory beside `dest` that is renamed to `dest` at the end.
+into a work directory beside `dest` that is renamed to `dest` at the end. After each block the work
+directory records a checkpoint, so an interrupted export resumes instead of starting over.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -29,6 +31,8 @@ from revision.store.npyio import NpyWriter
 FORMAT = "revision-memmap"
 FORMAT_VERSION = 1
 HEADER_NAME = "header.json"
+PROGRESS_NAME = "progress.json"
+LOCK_NAME = ".lock"
 VECTORS_NAME = "vectors.npy"
 
 
@@ -45,6 +49,9 @@ def export_memmap(
 ) -> dict[str, Any]:
     """Write the memmap training view of `store` to directory `dest`; returns the JSON header.
 
+    An interrupted export (Ctrl-C, a killed process) resumes where it stopped when run again with the
+    same store and arguments; its work directory `.<dest name>.partial` sits beside `dest`.
+
     block_rows: rows read from the store at a time (None: the store's default read block).
     run_rows: hashes sorted in memory at a time while building the id index (16 bytes each).
     hash_fn / hash_name: the id hash (tests inject colliding ones); readers must use the same.
@@ -55,26 +62,46 @@ def export_memmap(
     if dest.exists() and not (dest / HEADER_NAME).exists() and any(dest.iterdir()):
         raise StoreError(f"{dest}: exists and is not a memmap export; refusing to replace it")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    work = dest.parent / f".{dest.name}.partial-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    t0 = time.perf_counter()
-    try:
-        header = _write(store, work, show_progress, block_rows, run_rows, hash_fn, hash_name)
+    work = dest.parent / f".{dest.name}.partial"
+    work.mkdir(exist_ok=True)
+    with open(work / LOCK_NAME, "a+b") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{dest}: another export to this destination is running") from None
+        t0 = time.perf_counter()
+        source = {
+            "path": str(Path(store.path).resolve()),
+            "rows": store.rows,
+            "dim": store.dim,
+            "dtype": store.dtype,
+            "run_rows": run_rows,
+            "id_hash": hash_name,
+        }
+        header = _write(store, work, source, show_progress, block_rows, run_rows, hash_fn, hash_name)
         header["export_seconds"] = round(time.perf_counter() - t0, 3)
+        (work / PROGRESS_NAME).unlink()
         tmp = work / f".{HEADER_NAME}.tmp"
         tmp.write_text(json.dumps(header, indent=2) + "\n")
         os.replace(tmp, work / HEADER_NAME)
+        (work / LOCK_NAME).unlink()
         _swap_into_place(work, dest)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return header
+
+
+def _resume_state(work: Path, source: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint of an interrupted export of the same source, or None (then start afresh)."""
+    try:
+        progress = json.loads((work / PROGRESS_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return progress if progress.get("source") == source else None
 
 
 def _write(
     store: FeatureStore,
     work: Path,
+    source: dict[str, Any],
     show_progress: bool,
     block_rows: int | None,
     run_rows: int,
@@ -84,16 +111,34 @@ def _write(
     from tqdm import tqdm
 
     n = store.rows
-    vectors = NpyWriter(work / VECTORS_NAME, store.np_dtype, (store.dim,))
-    builder = IdIndexBuilder(work, run_rows=run_rows, hash_fn=hash_fn)
+    state = _resume_state(work, source)
+    if state is None:
+        for p in work.iterdir():
+            if p.name != LOCK_NAME:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        vectors = NpyWriter(work / VECTORS_NAME, store.np_dtype, (store.dim,))
+        builder = IdIndexBuilder(work, run_rows=run_rows, hash_fn=hash_fn)
+        done = 0
+    else:
+        done = int(state["rows"])
+        try:
+            vectors = NpyWriter(work / VECTORS_NAME, store.np_dtype, (store.dim,), resume_rows=done)
+            builder = IdIndexBuilder(work, run_rows=run_rows, hash_fn=hash_fn, resume=state["ids"])
+        except (OSError, ValueError):  # a damaged work directory: start over
+            (work / PROGRESS_NAME).unlink()
+            return _write(store, work, source, show_progress, block_rows, run_rows, hash_fn, hash_name)
+        # Hashes of rows after the last spilled sort run lived only in memory: hash them again.
+        builder.rehash(store.read_ids(builder.pending_from, done))
     try:
-        with tqdm(total=n, unit="row", unit_scale=True, disable=not show_progress, desc="export") as bar:
-            for lo, block in store.iter_chunks(block_rows=block_rows):
+        with tqdm(total=n, initial=done, unit="row", unit_scale=True, disable=not show_progress, desc="export") as bar:
+            for lo, block in store.iter_chunks(start=done, block_rows=block_rows):
                 vectors.append(block)
-                try:
-                    builder.add(store.read_ids(lo, lo + len(block)))
-                except ValueError as exc:
-                    raise StoreError(f"{store.path}: {exc}") from exc
+                builder.add(store.read_ids(lo, lo + len(block)))
+                vectors.flush()
+                checkpoint = {"source": source, "rows": lo + len(block), "ids": builder.checkpoint()}
+                tmp = work / f".{PROGRESS_NAME}.tmp"
+                tmp.write_text(json.dumps(checkpoint))
+                os.replace(tmp, work / PROGRESS_NAME)
                 bar.update(len(block))
         vectors.close()
         stats = builder.finish()
@@ -117,7 +162,7 @@ def _write(
         "hash_collisions": stats.hash_collisions,
         "duplicate_ids": stats.duplicate_ids,
         "source": {
-            "path": str(Path(store.path).resolve()),
+            "path": source["path"],
             "rows": n,
             "modality": store.modality,
             "normalized": store.normalized,

@@ -39,13 +39,31 @@ class NpyWriter:
     never mistakes a half-written file for a complete one.
     """
 
-    def __init__(self, path: str | Path, dtype: np.dtype | str, row_shape: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        dtype: np.dtype | str,
+        row_shape: tuple[int, ...] = (),
+        *,
+        resume_rows: int | None = None,
+    ) -> None:
+        """Start a new file, or with `resume_rows` continue an unfinished one after its first
+        `resume_rows` rows (anything written after them is cut off)."""
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.row_shape = tuple(int(d) for d in row_shape)
         self.rows = 0
-        self._fh: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._fh.write(npy_header(self.dtype, (0, *self.row_shape)))
+        if resume_rows is None:
+            self._fh: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self._fh.write(npy_header(self.dtype, (0, *self.row_shape)))
+            return
+        keep = HEADER_BYTES + resume_rows * self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        if self.path.stat().st_size < keep:
+            raise ValueError(f"{self.path}: holds fewer than the {resume_rows} rows to resume after")
+        self._fh = open(self.path, "r+b")  # noqa: SIM115 - closed in close()
+        self._fh.truncate(keep)
+        self._fh.seek(keep)
+        self.rows = resume_rows
 
     def append(self, block: np.ndarray) -> None:
         if self._fh is None:
@@ -53,8 +71,13 @@ class NpyWriter:
         arr = np.ascontiguousarray(block, dtype=self.dtype)
         if arr.shape[1:] != self.row_shape:
             raise ValueError(f"{self.path}: block shape {arr.shape} does not match rows of {self.row_shape}")
-        self._fh.write(memoryview(arr).cast("B"))
+        self._fh.write(arr.data.cast("B"))
         self.rows += arr.shape[0]
+
+    def flush(self) -> None:
+        """Hand everything appended so far to the OS (a killed process then loses none of it)."""
+        if self._fh is not None:
+            self._fh.flush()
 
     def close(self, *, fsync: bool = True) -> None:
         """Write the final header (with the row count) and close; idempotent."""

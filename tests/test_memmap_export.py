@@ -82,22 +82,99 @@ def test_existing_destination_is_kept_unless_overwrite(tmp_path: Path) -> None:
     assert header["rows"] == 10
 
 
-def test_interrupted_export_leaves_nothing(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "s.zarr", 300, 4, "float16", chunk_rows=8)
+EXPORT_FILES = ("vectors.npy", "ids_bytes.npy", "ids_offsets.npy", "id_hash.npy", "id_row.npy", "header.json")
+
+
+def lens_hash(mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """A weak hash (many collisions) keeps the resume test honest about the sort runs."""
+    return (lens.astype(np.uint64) * np.uint64(31) + mat[:, -1].astype(np.uint64)) % np.uint64(97)
+
+
+def assert_same_export(a: Path, b: Path) -> None:
+    for name in EXPORT_FILES:
+        x, y = (a / name).read_bytes(), (b / name).read_bytes()
+        if name == "header.json":
+            x, y = (json.loads(t) for t in (x, y))
+            x.pop("export_seconds")
+            y.pop("export_seconds")
+        assert x == y, f"{name} differs between the resumed and the uninterrupted export"
+
+
+def test_interrupted_export_resumes(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "s.zarr", 700, 4, "float16", chunk_rows=8)
+    kw = {"show_progress": False, "block_rows": 64, "run_rows": 150, "hash_name": "lens97"}
+    export_memmap(store, tmp_path / "whole", hash_fn=lens_hash, **kw)
     calls = 0
 
     def failing_hash(mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
         nonlocal calls
         calls += 1
-        if calls == 3:
+        if calls == 7:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-export
-        return lens.astype(np.uint64)
+        return lens_hash(mat, lens)
 
     with pytest.raises(KeyboardInterrupt):
-        export_memmap(store, tmp_path / "mm", show_progress=False, block_rows=64, hash_fn=failing_hash, hash_name="t")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+        export_memmap(store, tmp_path / "mm", hash_fn=failing_hash, **kw)
+    assert not (tmp_path / "mm").exists()
     with pytest.raises(StoreError, match="not a memmap export"):
         read_header(tmp_path / "mm")
+    progress = json.loads((tmp_path / ".mm.partial" / "progress.json").read_text())
+    assert progress["rows"] == 6 * 64 and progress["ids"]["runs"] == 2
+    export_memmap(store, tmp_path / "mm", hash_fn=lens_hash, **kw)
+    assert_same_export(tmp_path / "mm", tmp_path / "whole")
+    assert not (tmp_path / ".mm.partial").exists()
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import numpy as np
+from revision.store import FeatureStore
+from revision.store.memmap import export_memmap
+sys.path.insert(0, {tests!r})
+from test_memmap_export import lens_hash
+calls = 0
+def killing_hash(mat, lens):
+    global calls
+    calls += 1
+    if calls == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return lens_hash(mat, lens)
+export_memmap(FeatureStore.open({store!r}), {dest!r}, hash_fn=killing_hash, show_progress=False,
+              block_rows=64, run_rows=150, hash_name="lens97")
+"""
+
+
+@pytest.mark.parametrize("kill_at", [1, 6, 11])
+def test_killed_export_resumes(tmp_path: Path, kill_at: int) -> None:
+    import subprocess
+    import sys
+
+    store = make_store(tmp_path / "s.zarr", 700, 4, "float16", chunk_rows=8)
+    kw = {"show_progress": False, "block_rows": 64, "run_rows": 150, "hash_name": "lens97"}
+    export_memmap(store, tmp_path / "whole", hash_fn=lens_hash, **kw)
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), kill_at=kill_at, store=str(tmp_path / "s.zarr"), dest=str(tmp_path / "mm")
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert proc.returncode == -9, proc.stderr
+    assert not (tmp_path / "mm").exists()
+    export_memmap(store, tmp_path / "mm", hash_fn=lens_hash, **kw)
+    assert_same_export(tmp_path / "mm", tmp_path / "whole")
+
+
+def test_partial_export_of_another_source_starts_over(tmp_path: Path) -> None:
+    small = make_store(tmp_path / "a.zarr", 300, 4, "float16", chunk_rows=8)
+    big = make_store(tmp_path / "b.zarr", 500, 4, "float16", chunk_rows=8)
+
+    def failing_hash(mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_memmap(small, tmp_path / "mm", show_progress=False, block_rows=64, hash_fn=failing_hash)
+    header = export_memmap(big, tmp_path / "mm", show_progress=False, block_rows=64)
+    assert header["rows"] == 500
+    assert_same(np.load(tmp_path / "mm" / "vectors.npy"), big.read())
+    assert np.array_equal(IdIndex.open(tmp_path / "mm").lookup(big.read_ids()), np.arange(500))
 
 
 def test_header_names_the_source(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def test_runs_and_merge_equal_a_plain_sort(tmp_path_factory, n: int, block: int,
     assert np.array_equal(np.asarray(index.hashes), h[order])
     assert np.array_equal(np.asarray(index.rows), order)
     assert_rows(index.lookup(ids), np.arange(n))
-    assert not list(tmp.glob("idindex-runs-*")), "temporary runs left behind"
+    assert not list(tmp.glob("idindex-runs*")), "temporary runs left behind"
 
 
 def test_lookup_every_awkward_id_and_missing(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ class _Mapped:
         n = idx.size
         if n == 0 or rb == 0:
             return
-        buf = memoryview(out).cast("B")
+        buf = out.data.cast("B")
         if n > 1 and int(idx[-1]) - int(idx[0]) == n - 1 and bool((np.diff(idx) == 1).all()):
             self._pread_exact(buf, self.data_offset + int(idx[0]) * rb)  # one contiguous range
             return
