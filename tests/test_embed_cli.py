@@ -25,6 +25,9 @@ from revision.embed.encoders import features_of
 from revision.embed.tiny import build_tiny_clip, build_tiny_siglip, write_tiny_dataset
 from revision.store import FeatureStore
 
+# Small batches and a commit at every group, so a few dozen items make many resumable points.
+SMALL = ["--batch-size", "3", "--group-batches", "2", "--commit-seconds", "0", "--workers", "0"]
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -92,7 +95,7 @@ def _reference_rows(tiny: dict[str, Path], modality: str) -> tuple[list[str], np
 @pytest.fixture(scope="module")
 def clean(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("clean") / "out"
-    assert _embed(tiny, out, "--batch-size", "3", "--commit-batches", "2", "--workers", "0") == 0
+    assert _embed(tiny, out, *SMALL) == 0
     return out
 
 
@@ -127,13 +130,13 @@ def test_failures_are_listed_and_counted(clean: Path) -> None:
 
 def test_workers_do_not_change_bytes(tiny: dict[str, Path], clean: Path, tmp_path: Path) -> None:
     out = tmp_path / "w2"
-    assert _embed(tiny, out, "--batch-size", "3", "--commit-batches", "2", "--workers", "2") == 0
+    assert _embed(tiny, out, *SMALL, "--workers", "2") == 0
     assert_same_tree(clean, out)
 
 
 def test_rerun_of_a_finished_run_changes_nothing(tiny: dict[str, Path], clean: Path) -> None:
     before = _tree_bytes(clean)
-    assert _embed(tiny, clean, "--batch-size", "3", "--commit-batches", "2", "--workers", "0") == 0
+    assert _embed(tiny, clean, *SMALL) == 0
     assert _tree_bytes(clean) == before
 
 
@@ -155,18 +158,18 @@ def test_resume_after_exception_equals_clean(
 
     monkeypatch.setattr(runner._ModalityWriter, "commit", crashing_commit)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _embed(tiny, out, "--batch-size", "3", "--commit-batches", "2", "--workers", "0")
+        _embed(tiny, out, *SMALL)
     partial = FeatureStore.open(out / f"{modality}.zarr")
     assert 0 < partial.rows < partial.attrs["embed"]["items_total"] and not partial.progress["done"]
     monkeypatch.setattr(runner._ModalityWriter, "commit", real)
-    assert _embed(tiny, out, "--batch-size", "3", "--commit-batches", "2", "--workers", "0") == 0
+    assert _embed(tiny, out, *SMALL) == 0
     assert_same_tree(clean, out)
 
 
 @pytest.mark.slow  # ~10-20 s: a fresh interpreter loads torch + transformers; the in-process crash tests stay fast
 def test_sigkill_then_resume_equals_clean(tiny: dict[str, Path], tmp_path: Path) -> None:
     # Many one-item commits make the run last long enough to be killed in the middle of the texts.
-    args = ["--batch-size", "1", "--commit-batches", "1", "--workers", "0", "--modality", "text"]
+    args = [*SMALL, "--batch-size", "1", "--group-batches", "1", "--modality", "text"]
     ref = tmp_path / "ref"
     assert _embed(tiny, ref, *args) == 0
     out = tmp_path / "killed"
@@ -207,7 +210,7 @@ def test_duplicate_ids_exit_2(tiny: dict[str, Path], tmp_path: Path, capsys: pyt
 def test_resume_with_other_settings_exit_2(
     tiny: dict[str, Path], clean: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _embed(tiny, clean, "--batch-size", "4", "--commit-batches", "2", "--workers", "0") == 2
+    assert _embed(tiny, clean, *SMALL, "--batch-size", "4") == 2
     assert "batch_size" in capsys.readouterr().err
 
 
@@ -296,5 +299,22 @@ def test_lost_failure_log_refuses_to_resume(
     out = tmp_path / "copy"
     shutil.copytree(clean, out)
     shutil.rmtree(out / ".failures")
-    assert _embed(tiny, out, "--batch-size", "3", "--commit-batches", "2", "--workers", "0") == 2
+    assert _embed(tiny, out, *SMALL) == 2
     assert "failure log was deleted" in capsys.readouterr().err
+
+
+def test_commit_pacing_changes_no_bytes(
+    tiny: dict[str, Path], clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = runner._ModalityWriter.commit
+    calls: list[int] = []
+
+    def counting_commit(self: Any, next_item: int, stop: int) -> None:
+        calls.append(next_item)
+        real(self, next_item, stop)
+
+    monkeypatch.setattr(runner._ModalityWriter, "commit", counting_commit)
+    out = tmp_path / "paced"
+    assert _embed(tiny, out, *SMALL, "--commit-seconds", "3600") == 0
+    assert calls == [16, 24], f"only the end of each slice should commit within an hour, got {calls}"
+    assert_same_tree(clean, out)

@@ -15,7 +15,7 @@ from revision.cli import main
 from revision.embed.tiny import build_tiny_clip, write_tiny_dataset
 from revision.store import FeatureStore
 
-ARGS = ["--batch-size", "2", "--commit-batches", "2", "--workers", "0", "--no-progress"]
+ARGS = ["--batch-size", "2", "--group-batches", "2", "--commit-seconds", "0", "--workers", "0", "--no-progress"]
 
 
 def _free_port() -> int:

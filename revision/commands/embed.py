@@ -48,10 +48,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--batch-size", type=int, default=256, help="items per forward pass (default: 256)")
     p.add_argument(
-        "--commit-batches",
+        "--group-batches",
         type=int,
         default=16,
-        help="batches between commits; texts are length-sorted within this window (default: 16)",
+        help="batches per group, the unit of commits and resuming; texts are length-sorted within a group "
+        "(default: 16)",
+    )
+    p.add_argument(
+        "--commit-seconds",
+        type=float,
+        default=30.0,
+        help="commit at the first group end this many seconds after the last commit; 0: every group (default: 30)",
     )
     p.add_argument("--workers", type=int, help="DataLoader workers for decoding/tokenising (default: CPUs - 1, ≤ 8)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto (CUDA if present)")
@@ -93,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         modality=args.modality,
         data_format=args.format,
         batch_size=args.batch_size,
-        group_batches=args.commit_batches,
+        group_batches=args.group_batches,
+        commit_seconds=args.commit_seconds,
         workers=args.workers,
         device=args.device,
         dtype=args.dtype,

@@ -43,7 +43,12 @@ class EmbedConfig:
     batch_size: int = 256
     """Items per forward pass (--batch-size)."""
     group_batches: int = 16
-    """Batches per commit; also the window inside which texts are sorted by length (--commit-batches)."""
+    """Batches per group: the unit a run commits and resumes by, and the window inside which texts are
+    sorted by length (--group-batches)."""
+    commit_seconds: float = 30.0
+    """Commit at the first group boundary this long after the last commit; 0 → after every group.
+    Commits rewrite the store's open shard, so committing every small group would multiply the bytes
+    written (--commit-seconds)."""
     workers: int | None = None
     """DataLoader worker processes for decoding and tokenising; None → from the CPU count (--workers)."""
     device: str = "auto"
@@ -81,7 +86,9 @@ class EmbedConfig:
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.group_batches < 1:
-            raise UserError(f"--commit-batches must be at least 1, got {self.group_batches}")
+            raise UserError(f"--group-batches must be at least 1, got {self.group_batches}")
+        if not self.commit_seconds >= 0:
+            raise UserError(f"--commit-seconds must be 0 or more, got {self.commit_seconds}")
         if self.workers is not None and self.workers < 0:
             raise UserError(f"--workers must be 0 or more, got {self.workers}")
         needs_image = self.modality in ("both", "image")

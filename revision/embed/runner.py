@@ -2,8 +2,8 @@
 
 Per modality: one streaming pass validates every item and rejects duplicate ids (bounded memory),
 then items [start, stop) of this rank are encoded in deterministic batches and appended in input
-order. After every group of batches the failure log is fsynced and the store committed with
-`progress` = how far it got; a rerun with the same flags opens the store, skips the committed items
+order. At group ends (paced by --commit-seconds) the failure log is fsynced and the store committed
+with `progress` = how far it got; a rerun with the same flags opens the store, skips the committed items
 and produces the same bytes as an uninterrupted run. Under torchrun each rank takes a disjoint,
 group-aligned slice and writes its own store part (`<modality>.part<r>-of-<W>.zarr`).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,11 +124,21 @@ def _bad_feature_failures(items: list[Any], good: torch.Tensor) -> list[Failure]
 
 
 class _ModalityWriter:
-    """One store plus its failure log, committed together after every group."""
+    """One store plus its failure log, committed together at group ends."""
 
-    def __init__(self, store: FeatureStore, log: FailureLog, modality: str, progress: dict[str, Any]) -> None:
+    def __init__(
+        self, store: FeatureStore, log: FailureLog, modality: str, progress: dict[str, Any], commit_seconds: float
+    ) -> None:
         self.store, self.log, self.modality = store, log, modality
         self.failed = int(progress.get("failed", 0))
+        self.commit_seconds = commit_seconds
+        self.last_commit = time.monotonic()
+
+    def group_end(self, next_item: int, stop: int) -> None:
+        """A resumable point: commit if it is time to (or the slice is finished)."""
+        if next_item >= stop or time.monotonic() - self.last_commit >= self.commit_seconds:
+            self.commit(next_item, stop)
+            self.last_commit = time.monotonic()
 
     def add(self, items: list[Any], rows: torch.Tensor, failures: list[Failure]) -> None:
         if items:
@@ -290,7 +301,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
             path = store_path(cfg.out, m, dist)
             store, progress = _open_store(path, m, dims[m], cfg, identity, _encoder_name(desc, m))
             log = FailureLog(part_path(cfg.out, m, dist.rank), m, int(progress["failures_bytes"]))
-            writer = _ModalityWriter(store, log, m, progress)
+            writer = _ModalityWriter(store, log, m, progress, cfg.commit_seconds)
             try:
                 first = int(progress["next_item"])
                 if not progress.get("done"):
@@ -349,7 +360,7 @@ def _embed_images(
         bar.update(unit.count)
         # Commit at group boundaries counted from the slice start, as batches.py cuts them.
         if (done - first) % cfg.group_items == 0 or done == stop:
-            writer.commit(done, stop)
+            writer.group_end(done, stop)
     if done == first:  # nothing to encode: still record that this slice is finished
         writer.commit(stop, stop)
 
@@ -388,6 +399,6 @@ def _embed_texts(
         writer.add(items, rows, failures)
         done = unit.start + unit.count
         bar.update(unit.count)
-        writer.commit(done, stop)
+        writer.group_end(done, stop)
     if done == first:
         writer.commit(stop, stop)
