@@ -182,6 +182,28 @@ def test_collate_time_realign_matches_the_reference_output(tmp_path: Path) -> No
     assert (raw["embeds"] - want).abs().max().item() > 1e-2
 
 
+def test_transform_accepts_the_stats_file_and_object_shapes() -> None:
+    from types import SimpleNamespace
+
+    with open(GOLDEN / "expected" / "trace_stats.pkl", "rb") as fh:
+        ref = pickle.load(fh)
+    vectors = {"mu_t": ref["mu_txt"].tolist(), "mu_i": ref["mu_img"].tolist(), "mu_hat": ref["mu_hat"].tolist()}
+    as_file = {"method": "realign", "scale": ref["scale"], "vectors": vectors}
+    as_object = SimpleNamespace(method="realign", matrix=None, scale=ref["scale"], **vectors)
+    y = torch.from_numpy(np.random.default_rng(0).standard_normal((9, 64)).astype(np.float32))
+    want = RealignTransform.from_stats(ref)(y)
+    assert torch.equal(RealignTransform.from_stats(as_file)(y), want)
+    assert torch.equal(RealignTransform.from_stats(as_object)(y), want)
+    # realign-ot: the matrix s·I is the plain scale.
+    as_ot = {**as_file, "method": "realign-ot", "matrix": (np.eye(64) * ref["scale"]).tolist()}
+    err = (RealignTransform.from_stats(as_ot)(y) - want).abs().max().item()
+    assert err < 1e-6, f"matrix path differs by {err}"
+    with pytest.raises(ValueError, match="method 'c3'"):
+        RealignTransform.from_stats({**as_file, "method": "c3"})
+    with pytest.raises(KeyError, match="centroid"):
+        RealignTransform.from_stats({**as_file, "vectors": {**vectors, "mu_hat": None}})
+
+
 def test_transform_rejects_bad_stats() -> None:
     d = 4
     good = {"mu_t": np.zeros(d), "mu_i": np.ones(d) / 2, "scale": 1.0, "mu_hat": np.zeros(d)}

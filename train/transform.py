@@ -40,8 +40,8 @@ class RealignTransform:
     """(D,) float64: mean of the normalised text rows."""
     mu_i: torch.Tensor
     """(D,) float64: mean of the normalised image rows."""
-    scale: float
-    """sqrt(T_i / T_t)."""
+    scale: float | torch.Tensor
+    """sqrt(T_i / T_t); or realign-ot's (D, D) transport matrix A."""
     mu_hat: torch.Tensor
     """(D,) float64: centroid of the projected text rows."""
     out_dtype: torch.dtype = torch.float32
@@ -51,17 +51,36 @@ class RealignTransform:
         dims = {t.shape for t in (self.mu_t, self.mu_i, self.mu_hat)}
         if len(dims) != 1 or len(next(iter(dims))) != 1:
             raise ValueError(f"alignment stats: mu_t, mu_i, mu_hat must be (D,) vectors of one D, got {sorted(dims)}")
-        if not np.isfinite(self.scale) or self.scale <= 0:
+        if isinstance(self.scale, torch.Tensor):
+            if self.scale.shape != (self.dim, self.dim) or not bool(torch.isfinite(self.scale).all()):
+                raise ValueError(f"alignment stats: matrix must be a finite ({self.dim}, {self.dim}) tensor")
+        elif not np.isfinite(self.scale) or self.scale <= 0:
             raise ValueError(f"alignment stats: scale must be a positive finite number, got {self.scale}")
 
     @classmethod
     def from_stats(cls, stats: Mapping[str, Any] | Any, *, out_dtype: torch.dtype = torch.float32) -> RealignTransform:
-        """From a dict or object holding mu_t, mu_i, scale, mu_hat (the reference's mu_txt/mu_img also work)."""
+        """From a dict or object holding mu_t, mu_i, scale, mu_hat: `revision.align`'s AlignStats, the
+        JSON document of its stats file (vectors under "vectors"), or the reference's trace_stats.pkl
+        dict (mu_txt, mu_img). A realign-ot `matrix` (D, D) takes the place of the scale."""
+        method = stats.get("method") if isinstance(stats, Mapping) else getattr(stats, "method", None)
+        if method is not None and method not in ("realign", "realign-ot"):
+            raise ValueError(f"alignment stats are for method {method!r}; the collate-time transform applies ReAlign")
+        if isinstance(stats, Mapping) and isinstance(stats.get("vectors"), Mapping):
+            stats = {**stats, **stats["vectors"]}
 
         def vec(name: str) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(_get(stats, _KEYS[name]), dtype=np.float64).ravel())
+            value = _get(stats, _KEYS[name])
+            if value is None:
+                raise KeyError(f"alignment stats have no {name} (was the centroid pass run?)")
+            return torch.as_tensor(np.asarray(value, dtype=np.float64).ravel())
 
-        return cls(vec("mu_t"), vec("mu_i"), float(_get(stats, _KEYS["scale"])), vec("mu_hat"), out_dtype)
+        matrix = stats.get("matrix") if isinstance(stats, Mapping) else getattr(stats, "matrix", None)
+        scale: float | torch.Tensor
+        if matrix is not None:
+            scale = torch.as_tensor(np.asarray(matrix, dtype=np.float64))
+        else:
+            scale = float(_get(stats, _KEYS["scale"]))
+        return cls(vec("mu_t"), vec("mu_i"), scale, vec("mu_hat"), out_dtype)
 
     @property
     def dim(self) -> int:
@@ -73,11 +92,7 @@ class RealignTransform:
         if embeds.ndim != 2 or embeds.shape[1] != self.dim:
             raise ValueError(f"ReAlign transform: embeddings of shape {tuple(embeds.shape)}, stats of dim {self.dim}")
         dev = embeds.device
+        scale = self.scale.to(dev) if isinstance(self.scale, torch.Tensor) else self.scale
         return realign_apply(
-            embeds,
-            self.mu_t.to(dev),
-            self.mu_i.to(dev),
-            self.scale,
-            self.mu_hat.to(dev),
-            out_dtype=self.out_dtype,
+            embeds, self.mu_t.to(dev), self.mu_i.to(dev), scale, self.mu_hat.to(dev), out_dtype=self.out_dtype
         )
