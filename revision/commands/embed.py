@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -84,6 +85,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.online:
+        # Before transformers/huggingface_hub load: also stops hub calls made inside third-party code
+        # (llm2vec) that does not pass local_files_only.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from revision.embed.config import EmbedConfig
     from revision.embed.runner import run_embed
     from revision.store import StoreError
