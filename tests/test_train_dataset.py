@@ -216,3 +216,16 @@ def test_transform_rejects_bad_stats() -> None:
         RealignTransform.from_stats({**good, "mu_hat": np.zeros(d + 1)})
     with pytest.raises(ValueError, match="shape"):
         RealignTransform.from_stats(good)(torch.zeros(2, d + 1))
+
+
+@pytest.mark.slow
+def test_spawned_workers_open_their_own_files(setup: tuple[Path, np.ndarray, FeatureView]) -> None:
+    """With spawn (no inherited memory), workers get the view and the index by path and still agree."""
+    tmp, _, view = setup
+    ds = FeatureDataset(tmp / "ann.jsonl", view)
+    cfg = LoaderConfig(batch_size=300, block_size=64, seed=1)
+    single = collect(make_loader(ds, cfg))
+    spawned = collect(
+        make_loader(ds, LoaderConfig(**{**cfg.__dict__, "num_workers": 2}), multiprocessing_context="spawn")
+    )
+    assert_batches_equal(single, spawned)
