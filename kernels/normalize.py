@@ -6,7 +6,7 @@ import torch
 
 from revision.kernels.backend import select_backend, triton_available
 from revision.kernels.launch import check_rows, interpreter_or_cuda, prepare_out
-from revision.kernels.rows_cpu import tiles, unit_rows_
+from revision.kernels.rows_cpu import map_row_parts, tiles, unit_rows_
 from revision.kernels.unit_rule import unit_rows_ref
 
 if triton_available():
@@ -62,10 +62,14 @@ def normalize_rows_torch(x: torch.Tensor, *, out: torch.Tensor | None = None) ->
     check_rows("normalize_rows", x=x, require_contiguous=False)
     n, d = x.shape
     y = prepare_out("normalize_rows", out, n, d, torch.float32, x.device)
-    for s, e in tiles(n, d):
-        tile = y[s:e]
-        tile.copy_(x[s:e])
-        unit_rows_(tile)
+
+    def work(first: int, last: int) -> None:
+        for s, e in tiles(last, d, first=first):
+            tile = y[s:e]
+            tile.copy_(x[s:e])
+            unit_rows_(tile)
+
+    map_row_parts(n, d, work)
     return y
 
 

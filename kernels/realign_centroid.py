@@ -18,7 +18,7 @@ from revision.kernels.realign_project import (
     check_scale,
     realign_project_ref,
 )
-from revision.kernels.rows_cpu import TileBuffers, tiles
+from revision.kernels.rows_cpu import TileBuffers, map_row_parts, tiles
 
 if triton_available():
     import triton
@@ -121,14 +121,21 @@ def realign_centroid_torch(
         h = realign_project_ref(y, mu_t, mu_i, s)
         return n, h.sum(dim=0)
     project = ProjectionTorch(mu_t, mu_i, s)
-    buffers = TileBuffers(d, f64=True)
-    assert buffers.f64 is not None
-    for start, stop in tiles(n, d):
-        h, r2 = project(buffers.load(y[start:stop]))
-        h64 = buffers.f64[: stop - start]
-        h64.copy_(h)
-        # Σ_rows r2 · h in float64: the row scaling rides along in the matrix-vector product.
-        total.addmv_(h64.T, r2.to(torch.float64))
+
+    def work(first: int, last: int) -> torch.Tensor:
+        part = torch.zeros(d, dtype=torch.float64)
+        buffers = TileBuffers(d, f64=True)
+        assert buffers.f64 is not None
+        for start, stop in tiles(last, d, first=first):
+            h, r2 = project(buffers.load(y[start:stop]))
+            h64 = buffers.f64[: stop - start]
+            h64.copy_(h)
+            # Σ_rows r2 · h in float64: the row scaling rides along in the matrix-vector product.
+            part.addmv_(h64.T, r2.to(torch.float64))
+        return part
+
+    for part in map_row_parts(n, d, work):
+        total += part
     return n, total
 
 

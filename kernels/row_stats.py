@@ -10,9 +10,9 @@ import torch
 
 from revision.kernels.backend import select_backend, triton_available
 from revision.kernels.launch import check_rows, interpreter_or_cuda
-from revision.kernels.moments import Moments
+from revision.kernels.moments import Moments, merge_moments
 from revision.kernels.normalize import normalize_rows
-from revision.kernels.rows_cpu import TileBuffers, tiles, unit_rows_
+from revision.kernels.rows_cpu import TileBuffers, map_row_parts, tiles, unit_rows_
 from revision.kernels.unit_rule import unit_rows_ref
 
 if triton_available():
@@ -135,30 +135,37 @@ def row_stats_torch(x: torch.Tensor, *, normalize: bool = True, second_moment: b
         return Moments.empty(d, second_moment=second_moment, device=x.device)
     if second_moment:
         return _with_comoment(x, normalize)
-    buffers = TileBuffers(d, f64=True)
-    assert buffers.f64 is not None
-    count = 0
-    mean = torch.zeros(d, dtype=torch.float64)
-    m2 = torch.zeros(d, dtype=torch.float64)
-    tile_mean = torch.empty(d, dtype=torch.float64)
-    tile_m2 = torch.empty(d, dtype=torch.float64)
-    for s, e in tiles(n, d):
-        t = e - s
-        tile = buffers.load(x[s:e])
-        if normalize:
-            unit_rows_(tile)
-        t64 = buffers.f64[:t]
-        t64.copy_(tile)
-        torch.mean(t64, dim=0, out=tile_mean)
-        t64 -= tile_mean
-        t64 *= t64
-        torch.sum(t64, dim=0, out=tile_m2)
-        total = count + t
-        delta = tile_mean - mean
-        mean.add_(delta, alpha=t / total)
-        m2.add_(tile_m2).add_(delta * delta, alpha=count * (t / total))
-        count = total
-    return Moments(n, mean, m2, None)
+
+    def work(first: int, last: int) -> Moments:
+        buffers = TileBuffers(d, f64=True)
+        assert buffers.f64 is not None
+        count = 0
+        mean = torch.zeros(d, dtype=torch.float64)
+        m2 = torch.zeros(d, dtype=torch.float64)
+        tile_mean = torch.empty(d, dtype=torch.float64)
+        tile_m2 = torch.empty(d, dtype=torch.float64)
+        for s, e in tiles(last, d, first=first):
+            t = e - s
+            tile = buffers.load(x[s:e])
+            if normalize:
+                unit_rows_(tile)
+            t64 = buffers.f64[:t]
+            t64.copy_(tile)
+            torch.mean(t64, dim=0, out=tile_mean)
+            t64 -= tile_mean
+            t64 *= t64
+            torch.sum(t64, dim=0, out=tile_m2)
+            total = count + t
+            delta = tile_mean - mean
+            mean.add_(delta, alpha=t / total)
+            m2.add_(tile_m2).add_(delta * delta, alpha=count * (t / total))
+            count = total
+        return Moments(count, mean, m2, None)
+
+    result = Moments.empty(d)
+    for part in map_row_parts(n, d, work):
+        result = merge_moments(result, part)
+    return result
 
 
 def row_stats(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = False) -> Moments:

@@ -12,7 +12,7 @@ import torch
 from revision.kernels.backend import select_backend, triton_available
 from revision.kernels.launch import check_out_dtype, check_rows, check_vector, interpreter_or_cuda, prepare_out
 from revision.kernels.noise import NoiseScratch, gaussian_noise_into, gaussian_noise_ref, seed_key
-from revision.kernels.rows_cpu import TileBuffers, tiles, unit_rows_
+from revision.kernels.rows_cpu import TileBuffers, map_row_parts, tiles, unit_rows_
 from revision.kernels.unit_rule import unit_rows_ref
 
 if triton_available():
@@ -46,7 +46,7 @@ def shift_rows_ref(
 
 if triton_available():
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["row_offset", "seed_key"])
     def _shift_rows_kernel(
         X_ptr,  # (n_rows, dim) fp16/bf16/fp32, row stride stride_x
         SHIFT_ptr,  # (dim,) fp32
@@ -141,19 +141,23 @@ def shift_rows_torch(
             row_offset=row_offset, out_dtype=out_dtype,
         ))  # fmt: skip
     b = shift.to("cpu", torch.float64).float()
-    buffers = TileBuffers(d)
-    noise = NoiseScratch(buffers.rows, d) if sigma != 0.0 else None
-    eps = torch.empty(buffers.rows, d) if sigma != 0.0 else None
-    for start, stop in tiles(n, d):
-        v = buffers.load(x[start:stop])
-        if normalize_in:
-            unit_rows_(v)
-        v += b
-        if noise is not None and eps is not None:
-            v.add_(gaussian_noise_into(eps[: stop - start], seed, row_offset + start, noise), alpha=sigma)
-        if normalize_out:
-            unit_rows_(v)
-        out[start:stop].copy_(v)
+
+    def work(first: int, last: int) -> None:
+        buffers = TileBuffers(d)
+        noise = NoiseScratch(buffers.rows, d) if sigma != 0.0 else None
+        eps = torch.empty(buffers.rows, d) if sigma != 0.0 else None
+        for start, stop in tiles(last, d, first=first):
+            v = buffers.load(x[start:stop])
+            if normalize_in:
+                unit_rows_(v)
+            v += b
+            if noise is not None and eps is not None:
+                v.add_(gaussian_noise_into(eps[: stop - start], seed, row_offset + start, noise), alpha=sigma)
+            if normalize_out:
+                unit_rows_(v)
+            out[start:stop].copy_(v)
+
+    map_row_parts(n, d, work)
     return out
 
 

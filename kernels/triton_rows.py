@@ -77,7 +77,8 @@ def row_keys(seed_key, rows):
     """Per-row hash keys: seed_key (scalar, from `noise.seed_key`), rows (BLOCK_M,) int64 global rows."""
     lo = (rows & 0xFFFFFFFF).to(tl.uint32)
     hi = (rows >> 32).to(tl.uint32)
-    k = seed_key.to(tl.uint32)
+    # Through a tensor op, so a seed key that Triton specialised to a constant converts too.
+    k = (lo * 0 + seed_key).to(tl.uint32)
     return mix32(mix32(k ^ lo) ^ hi)
 
 
