@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, StoreError, ConfigError) as exc:
         print(f"revision {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `revision ... | head` closed our stdout: not an error worth a traceback.
+        sys.stdout = None  # type: ignore[assignment]
+        return 0
     except KeyboardInterrupt:
         print(f"revision {args.command}: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from revision.corpus import CorpusConfig, write_corpus
+from revision.store import FeatureStore
 
 EPILOG = """example:
   revision demo                       # 200k + 200k rows at 768-d into ./revision-demo
@@ -28,15 +29,70 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--rows", type=int, default=200_000, help="rows per modality (default: %(default)s)")
     p.add_argument("--dim", type=int, default=768, help="embedding dimension (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default: %(default)s)")
+    p.add_argument(
+        "--methods", default="all", help="comma-separated alignment methods to run, or 'all' (default: %(default)s)"
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="rows per modality for the sampled diagnostics (default: min(5000, rows))",
+    )
     p.set_defaults(func=run)
 
 
+def _methods(spec: str) -> list[str]:
+    from revision.align import METHOD_NAMES
+
+    if spec == "all":
+        return list(METHOD_NAMES)
+    chosen = [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in METHOD_NAMES]
+    if unknown or not chosen:
+        from revision.errors import UserError
+
+        raise UserError(f"--methods: unknown {unknown or spec!r}; choose from {', '.join(METHOD_NAMES)}")
+    return chosen
+
+
+def _complete(path: Path, rows: int) -> bool:
+    if not path.exists():
+        return False
+    st = FeatureStore.open(path)
+    return st.rows == rows and bool(st.attrs.get("alignment"))
+
+
 def run(args: argparse.Namespace) -> int:
+    from revision.align import align_stores
+    from revision.diagnose import diagnose
+    from revision.diagnose.report import text_table
+
+    methods = _methods(args.methods)
     cfg = CorpusConfig(rows=args.rows, dim=args.dim, seed=args.seed)
     t0 = time.perf_counter()
     text, image = write_corpus(cfg, args.out)
     print(
-        f"corpus: {cfg.rows:,} text + {cfg.rows:,} image rows at {cfg.dim}-d (fp16) "
+        f"1. corpus: {cfg.rows:,} text + {cfg.rows:,} image rows at {cfg.dim}-d (fp16), paired by id, "
         f"-> {text}, {image} [{time.perf_counter() - t0:.1f} s]"
     )
+
+    aligned: dict[str, Path] = {}
+    print(f"2. align the text to the images with {len(methods)} method(s):")
+    for method in methods:
+        out = args.out / f"aligned-{method}.zarr"
+        t1 = time.perf_counter()
+        if _complete(out, cfg.rows):
+            print(f"   {method:<11} already done -> {out}")
+        else:
+            res = align_stores(text, image, out, method=method, progress=False)
+            print(f"   {method:<11} {res.rows:,} rows in {time.perf_counter() - t1:.1f} s -> {out}")
+        aligned[method] = out
+
+    t2 = time.perf_counter()
+    report_dir = args.out / "report"
+    metrics = diagnose(text, image, aligned=aligned, out=report_dir, sample=args.sample, pairs=True)
+    print(f"3. diagnose raw vs aligned [{time.perf_counter() - t2:.1f} s]:\n")
+    print(text_table(metrics))
+    print(f"\nreport: {report_dir / 'report.html'}  metrics: {report_dir / 'metrics.json'}")
+    print(f"total {time.perf_counter() - t0:.1f} s")
     return 0
