@@ -141,6 +141,15 @@ def test_resume_from_step(setup: tuple[Path, np.ndarray, FeatureView]) -> None:
     assert not torch.equal(collect(make_loader(ds, cfg, epoch=3))[0]["rows"], full[0]["rows"])
 
 
+def test_row_order_only_when_needed(setup: tuple[Path, np.ndarray, FeatureView]) -> None:
+    tmp, _, view = setup
+    shuffled = FeatureDataset(tmp / "ann.jsonl", view)
+    order = shuffled.row_order(block=100)
+    assert order is not None and np.array_equal(shuffled.sample_rows[order], np.arange(1500))
+    (tmp / "sorted.json").write_text(json.dumps(llava_records([str(i) for i in range(1500)])))
+    assert FeatureDataset(tmp / "sorted.json", view).row_order(block=100) is None
+
+
 def test_dataset_pickles_small(setup: tuple[Path, np.ndarray, FeatureView]) -> None:
     tmp, _, view = setup
     ds = FeatureDataset(tmp / "ann.jsonl", view)

@@ -13,6 +13,7 @@ with frozen stats) runs on the embeddings at collate time, inside the DataLoader
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from torch.utils.data import Dataset
 from revision.train.annotations import AnnotationIndex
 from revision.train.errors import DataError
 from revision.train.view import FeatureView
+
+_log = logging.getLogger("revision.train")
 
 ON_MISSING = ("error", "skip")
 TEXT_FIELDS = ("caption", "conversations")
@@ -79,6 +82,8 @@ class FeatureDataset(Dataset[dict[str, Any]]):
         self.text_fields = tuple(text_fields)
         rows, report = self._join(on_missing, block_records)
         self.report = report
+        if report.missing:
+            _log.warning("%s: %s", self.annotations.path, report.summary())
         keep = rows >= 0
         # Positions of the kept records and their rows; when nothing is skipped, positions are 0..n-1.
         self.records = np.flatnonzero(keep) if report.missing else None
@@ -130,9 +135,14 @@ class FeatureDataset(Dataset[dict[str, Any]]):
         # DataLoader's batched fetch: one call per batch instead of one per sample.
         return [self[i] for i in indices]
 
-    def row_order(self) -> np.ndarray:
-        """Sample positions sorted by feature row: a sampler walking this order reads pages in file order."""
-        return np.argsort(self.sample_rows, kind="stable")
+    def row_order(self, *, block: int = 1 << 22) -> np.ndarray | None:
+        """Sample positions sorted by feature row, so a sampler walking this order reads pages in file
+        order; None when the samples already are in row order (the common case: no array needed)."""
+        rows = self.sample_rows
+        in_order = all(
+            bool((np.diff(rows[lo : lo + block + 1]) >= 0).all()) for lo in range(0, max(1, rows.size - 1), block)
+        )
+        return None if in_order else np.argsort(rows, kind="stable")
 
 
 Transform = Callable[[torch.Tensor], torch.Tensor]

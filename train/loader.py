@@ -38,6 +38,8 @@ class LoaderConfig:
     """Batches each worker prepares ahead (--prefetch)."""
     embed_dtype: str = "float32"
     """dtype of the collated embeddings: float32 | bfloat16 | float16 (--embed-dtype)."""
+    persistent_workers: bool = False
+    """Keep worker processes alive between epochs (--persistent-workers)."""
 
     def __post_init__(self) -> None:
         for flag, value, low in (
@@ -89,6 +91,6 @@ def make_loader(
         pin_memory=pin,
         drop_last=cfg.drop_last,
         prefetch_factor=cfg.prefetch_factor if workers else None,
-        persistent_workers=False,
+        persistent_workers=cfg.persistent_workers and workers > 0,
         multiprocessing_context=multiprocessing_context if workers else None,
     )
