@@ -57,7 +57,9 @@ def hash_id_bytes(mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
     n, width = mat.shape
     words_n = -(-width // 8)
     if words_n * 8 != width:
-        mat = np.pad(mat, ((0, 0), (0, words_n * 8 - width)))
+        wide = np.zeros((n, words_n * 8), np.uint8)
+        wide[:, :width] = mat
+        mat = wide
     words = np.ascontiguousarray(mat).view(np.dtype("<u8")).reshape(n, words_n)
     lens64 = lens.astype(np.uint64)
     # Words every id of the block has in full need no mask (the common case: ids of one pattern).
@@ -84,8 +86,8 @@ class EncodedIds:
     """int64 (n,)."""
 
     def padded(self) -> np.ndarray:
-        """(n, W) uint8: id i's bytes in row i, zero-padded to the longest id (W >= 1)."""
-        width = max(1, int(self.lens.max())) if self.lens.size else 1
+        """(n, W) uint8: id i's bytes in row i, zero-padded to the longest id rounded up to 8 bytes."""
+        width = max(8, -(-int(self.lens.max()) // 8) * 8) if self.lens.size else 8
         cols = np.arange(width)
         if self.flat.size == 0:
             return np.zeros((self.lens.size, width), np.uint8)
