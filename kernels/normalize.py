@@ -13,7 +13,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from revision.kernels.triton_rows import row_blocks, unit_rows
+    from revision.kernels.triton_rows import needs_scaling, row_blocks, unit_rows
 
 
 def normalize_rows_ref(x: torch.Tensor) -> torch.Tensor:
@@ -30,6 +30,7 @@ if triton_available():
         n_rows,
         dim,
         stride_x,
+        SCALED: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -39,7 +40,7 @@ if triton_available():
         mask = (rows < n_rows)[:, None] & (cols < dim)[None, :]
         # Upcast right after the load: all arithmetic in fp32 (the interpreter mishandles bf16 math).
         x = tl.load(X_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        y = unit_rows(x, True)
+        y = unit_rows(x, True, SCALED)
         tl.store(Y_ptr + rows[:, None] * dim + cols[None, :], y, mask=mask)
 
 
@@ -53,7 +54,9 @@ def normalize_rows_triton(x: torch.Tensor, *, out: torch.Tensor | None = None) -
         return y
     block_m, block_d, warps = row_blocks(d)
     grid = (triton.cdiv(n, block_m),)
-    _normalize_rows_kernel[grid](x, y, n, d, x.stride(0), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
+    _normalize_rows_kernel[grid](
+        x, y, n, d, x.stride(0), SCALED=needs_scaling(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps
+    )
     return y
 
 

@@ -13,6 +13,7 @@ from revision.kernels.launch import check_out_dtype, check_rows, interpreter_or_
 from revision.kernels.realign_project import (
     ProjectionTorch,
     Scale,
+    bounded,
     check_means,
     check_scale,
     realign_project_ref,
@@ -25,7 +26,7 @@ if triton_available():
     import triton.language as tl
 
     from revision.kernels.realign_project import project_rows
-    from revision.kernels.triton_rows import row_blocks, unit_rows
+    from revision.kernels.triton_rows import needs_scaling, row_blocks, unit_rows
 
 
 def realign_apply_ref(
@@ -56,6 +57,8 @@ if triton_available():
         dim,
         stride_y,
         scale,
+        SCALED_IN: tl.constexpr,
+        SCALED_MID: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -68,8 +71,8 @@ if triton_available():
         mu_i = tl.load(MU_I_ptr + cols, mask=col_ok, other=0.0)
         shift = tl.load(SHIFT_ptr + cols, mask=col_ok, other=0.0)
         x = tl.load(Y_ptr + rows[:, None] * stride_y + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        h = project_rows(x, mu_t, mu_i, scale)
-        out = unit_rows(h + shift[None, :], True)
+        h = project_rows(x, mu_t, mu_i, scale, SCALED_IN, SCALED_MID)
+        out = unit_rows(h + shift[None, :], False, SCALED_MID)
         tl.store(OUT_ptr + rows[:, None] * dim + cols[None, :], out.to(OUT_ptr.dtype.element_ty), mask=mask)
 
 
@@ -111,6 +114,7 @@ def realign_apply_triton(
         mu_i.to(y.device, torch.float32).contiguous(),
         shift.to(torch.float32).contiguous(),
         out, n, d, y.stride(0), s,
+        SCALED_IN=needs_scaling(y.dtype), SCALED_MID=not bounded(s, mu_t, mu_i, mu_hat),
         BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
     )  # fmt: skip
     return out

@@ -14,6 +14,7 @@ from revision.kernels.launch import check_rows, interpreter_or_cuda
 from revision.kernels.realign_project import (
     ProjectionTorch,
     Scale,
+    bounded,
     check_means,
     check_scale,
     realign_project_ref,
@@ -25,7 +26,7 @@ if triton_available():
     import triton.language as tl
 
     from revision.kernels.realign_project import project_rows
-    from revision.kernels.triton_rows import reduction_grid, row_blocks
+    from revision.kernels.triton_rows import needs_scaling, reduction_grid, row_blocks
 
 
 def realign_centroid_ref(
@@ -49,6 +50,8 @@ if triton_available():
         stride_y,
         rows_per_program,
         scale,
+        SCALED_IN: tl.constexpr,
+        SCALED_MID: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -64,7 +67,7 @@ if triton_available():
             rows = start + tl.arange(0, BLOCK_M).to(tl.int64)
             mask = (rows < last)[:, None] & col_ok[None, :]
             x = tl.load(Y_ptr + rows[:, None] * stride_y + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            h = project_rows(x, mu_t, mu_i, scale)
+            h = project_rows(x, mu_t, mu_i, scale, SCALED_IN, SCALED_MID)
             h = tl.where(mask, h, 0.0)
             # fp32 within a block of BLOCK_M rows, float64 across blocks.
             acc += tl.sum(h, axis=0).to(tl.float64)
@@ -91,6 +94,7 @@ def realign_centroid_triton(
     mu_i32 = mu_i.to(y.device, torch.float32).contiguous()
     _realign_centroid_kernel[(programs,)](
         y, mu_t32, mu_i32, sums, n, d, y.stride(0), per_program, s,
+        SCALED_IN=needs_scaling(y.dtype), SCALED_MID=not bounded(s, mu_t, mu_i),
         BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
     )  # fmt: skip
     return n, sums.sum(dim=0)

@@ -14,12 +14,14 @@ from revision.kernels.rows_cpu import inverse_norms_
 from revision.kernels.unit_rule import unit_rows_ref
 
 if triton_available():
-    # The interpreter looks triton.language up in the jit function's module globals.
-    import triton.language as tl  # noqa: F401
+    import triton.language as tl
 
     from revision.kernels.triton_rows import unit_rows
 
 Scale = float | torch.Tensor
+
+# Unit rows moved by parameters up to this size stay far below fp32 overflow in the kernels.
+_BOUNDED = 1e6
 
 
 def check_scale(op: str, scale: Scale, dim: int) -> float | torch.Tensor:
@@ -40,6 +42,11 @@ def check_scale(op: str, scale: Scale, dim: int) -> float | torch.Tensor:
 def check_means(op: str, dim: int, **vectors: torch.Tensor) -> None:
     for name, v in vectors.items():
         check_vector(op, name, v, dim)
+
+
+def bounded(scale: float, *vectors: torch.Tensor) -> bool:
+    """True when the projection's intermediate rows cannot approach fp32 overflow."""
+    return abs(scale) <= _BOUNDED and all(float(v.abs().max()) <= _BOUNDED for v in vectors if v.numel())
 
 
 def realign_project_ref(y: torch.Tensor, mu_t: torch.Tensor, mu_i: torch.Tensor, scale: Scale) -> torch.Tensor:
@@ -86,8 +93,8 @@ if triton_available():
     import triton
 
     @triton.jit
-    def project_rows(x, mu_t, mu_i, s):
+    def project_rows(x, mu_t, mu_i, s, SCALED_IN: tl.constexpr, SCALED_MID: tl.constexpr):
         """x: (BLOCK_M, BLOCK_D) fp32 raw rows; mu_t, mu_i: (BLOCK_D,) fp32, 0 past D → unit h rows."""
-        y = unit_rows(x, True)
+        y = unit_rows(x, True, SCALED_IN)
         h = mu_i[None, :] + s * (y - mu_t[None, :])
-        return unit_rows(h, True)
+        return unit_rows(h, False, SCALED_MID)

@@ -19,7 +19,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from revision.kernels.triton_rows import reduction_grid, row_blocks, unit_rows
+    from revision.kernels.triton_rows import needs_scaling, reduction_grid, row_blocks, unit_rows
 
 
 def row_stats_ref(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = False) -> Moments:
@@ -48,6 +48,7 @@ if triton_available():
         stride_x,
         rows_per_program,
         NORMALIZE: tl.constexpr,
+        SCALED: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -65,7 +66,7 @@ if triton_available():
             mask = row_ok[:, None] & col_ok[None, :]
             x = tl.load(X_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             if NORMALIZE:
-                x = unit_rows(x, True)
+                x = unit_rows(x, True, SCALED)
             # The block's own (count, mean, M2) in fp32, two-pass in registers ...
             cnt = tl.sum(row_ok.to(tl.float32), axis=0)
             bmean = tl.sum(x, axis=0) / cnt
@@ -111,7 +112,7 @@ def row_stats_triton(x: torch.Tensor, *, normalize: bool = True, second_moment: 
     m2s = torch.empty(programs, d, dtype=torch.float64, device=x.device)
     _row_stats_kernel[(programs,)](
         x, counts, means, m2s, n, d, x.stride(0), per_program,
-        NORMALIZE=normalize, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+        NORMALIZE=normalize, SCALED=needs_scaling(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
     )  # fmt: skip
     return combine_partials(counts, means, m2s)
 

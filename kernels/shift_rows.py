@@ -19,7 +19,14 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from revision.kernels.triton_rows import gaussian_noise, row_blocks, row_keys, unit_rows
+    from revision.kernels.triton_rows import (
+        BOUNDED_PARAMETER,
+        gaussian_noise,
+        needs_scaling,
+        row_blocks,
+        row_keys,
+        unit_rows,
+    )
 
 
 def shift_rows_ref(
@@ -59,6 +66,8 @@ if triton_available():
         sigma,
         NORMALIZE_IN: tl.constexpr,
         NORMALIZE_OUT: tl.constexpr,
+        SCALED_IN: tl.constexpr,
+        SCALED_OUT: tl.constexpr,
         NOISE: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_D: tl.constexpr,
@@ -70,14 +79,14 @@ if triton_available():
         mask = (rows < n_rows)[:, None] & col_ok[None, :]
         x = tl.load(X_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if NORMALIZE_IN:
-            x = unit_rows(x, True)
+            x = unit_rows(x, True, SCALED_IN)
         v = x + tl.load(SHIFT_ptr + cols, mask=col_ok, other=0.0)[None, :]
         if NOISE:
             keys = row_keys(seed_key, row_offset + rows)
             v += sigma * gaussian_noise(keys, cols)
         v = tl.where(mask, v, 0.0)
         if NORMALIZE_OUT:
-            v = unit_rows(v, True)
+            v = unit_rows(v, True, SCALED_OUT)
         tl.store(OUT_ptr + rows[:, None] * dim + cols[None, :], v.to(OUT_ptr.dtype.element_ty), mask=mask)
 
 
@@ -109,10 +118,14 @@ def shift_rows_triton(
     if n == 0:
         return out
     block_m, block_d, warps = row_blocks(d)
+    # Unit input rows plus a modest shift and noise stay small; raw rows may be anything.
+    small = normalize_in or not needs_scaling(x.dtype)
+    scaled_out = not (small and float(shift.abs().max()) <= BOUNDED_PARAMETER and abs(sigma) <= BOUNDED_PARAMETER)
     _shift_rows_kernel[(triton.cdiv(n, block_m),)](
         x, shift.to(x.device, torch.float32).contiguous(), out, n, d, x.stride(0),
         row_offset, seed_key(seed), float(sigma),
         NORMALIZE_IN=normalize_in, NORMALIZE_OUT=normalize_out, NOISE=sigma != 0.0,
+        SCALED_IN=needs_scaling(x.dtype), SCALED_OUT=scaled_out,
         BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
     )  # fmt: skip
     return out

@@ -40,25 +40,41 @@ def reduction_grid(n: int, block_m: int, device: torch.device) -> tuple[int, int
 
 
 @triton.jit
-def unit_rows(x, CLEAN: tl.constexpr):
+def unit_rows(x, CLEAN: tl.constexpr, SCALED: tl.constexpr):
     """x: (BLOCK_M, BLOCK_D) fp32, masked lanes 0 → rows scaled to unit L2 norm.
 
     The reference's rule: NaN/±Inf → 0 (when CLEAN), divide by the row's max-abs before the
-    norm so nothing overflows, rows whose norm is below 1e-10 are left as they are.
+    norm so nothing overflows (when SCALED), rows whose norm is below 1e-10 are left as they
+    are. SCALED may be off only where |x| < 1e18 is known (fp16 inputs, bounded projections):
+    then the plain sum of squares neither overflows nor loses a row above the floor.
     """
     if CLEAN:
         # NaN fails every comparison, so one test clears NaN and ±Inf.
         x = tl.where(tl.abs(x) < float("inf"), x, 0.0)
-    m = tl.max(tl.abs(x), axis=1)
-    # Below 1e-30 the row's norm is under the 1e-10 floor for any width, so it is kept as is;
-    # the cut also keeps 1/m finite (a subnormal max-abs would overflow it).
-    safe = tl.where(m > 1e-30, m, 1.0)
-    z = x * (1.0 / safe)[:, None]
-    ss = tl.sum(z * z, axis=1)
-    ss_safe = tl.where(ss > 0.0, ss, 1.0)
-    keep = tl.sqrt(ss_safe) * safe < 1e-10
-    r = 1.0 / tl.sqrt(ss_safe)
-    return tl.where(keep[:, None], x, z * r[:, None])
+    if SCALED:
+        m = tl.max(tl.abs(x), axis=1)
+        # Below 1e-30 the row's norm is under the 1e-10 floor for any width, so it is kept as
+        # is; the cut also keeps 1/m finite (a subnormal max-abs would overflow it).
+        safe = tl.where(m > 1e-30, m, 1.0)
+        z = x * (1.0 / safe)[:, None]
+        ss = tl.sum(z * z, axis=1)
+        ss_safe = tl.where(ss > 0.0, ss, 1.0)
+        keep = tl.sqrt(ss_safe) * safe < 1e-10
+        y = tl.where(keep[:, None], x, z * (1.0 / tl.sqrt(ss_safe))[:, None])
+    else:
+        ss = tl.sum(x * x, axis=1)
+        keep = ss < 1e-20
+        y = tl.where(keep[:, None], x, x * (1.0 / tl.sqrt(tl.where(keep, 1.0, ss)))[:, None])
+    return y
+
+
+def needs_scaling(dtype: torch.dtype) -> bool:
+    """Rows of fp16 are below 65504 per element: their fp32 sum of squares cannot overflow."""
+    return dtype != torch.float16
+
+
+# Projections of unit rows by parameters up to this size stay far below fp32 overflow.
+BOUNDED_PARAMETER = 1e6
 
 
 @triton.jit

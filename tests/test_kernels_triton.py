@@ -266,3 +266,25 @@ def test_strided_rows_kernel(device: str) -> None:
     assert_close(K.normalize_rows_triton(view), K.normalize_rows_ref(view.cpu()), atol=ATOL, rtol=RTOL)
     got = K.row_stats_triton(view)
     assert_close(got.mean, K.row_stats_ref(view.cpu()).mean, atol=1e-6, rtol=1e-6)
+
+
+def test_scaling_switches(device: str) -> None:
+    """fp16 rows skip the max-abs step (values < 65504); huge parameters and raw fp32 rows keep it."""
+    d = 300
+    x16 = torch.full((5, d), 6.0e4, dtype=torch.float16)
+    x16[1] = 1e-7  # fp16 subnormals: squares are still normal in fp32
+    x16[2, :7] = -6.5e4
+    assert_close(K.normalize_rows_triton(x16.to(device)), K.normalize_rows_ref(x16), atol=ATOL, rtol=RTOL)
+    x = _rows(9, d, torch.float32, device)
+    mu_t, mu_i, mu_hat = _means(d, device)
+    for scale in (1e8, 1e25):  # past the bounded-parameter limit: the scaled path
+        got = K.realign_apply_triton(x, mu_t, mu_i, scale, mu_hat)
+        want = K.realign_apply_ref(x.cpu(), mu_t.cpu(), mu_i.cpu(), scale, mu_hat.cpu())
+        assert_close(got, want, atol=ATOL, rtol=RTOL, what=f"apply, scale {scale:g}")
+        _, got_sum = K.realign_centroid_triton(x, mu_t, mu_i, scale)
+        _, want_sum = K.realign_centroid_ref(x.cpu(), mu_t.cpu(), mu_i.cpu(), scale)
+        assert_close(got_sum, want_sum, atol=ATOL * 9, rtol=RTOL, what=f"Σ h, scale {scale:g}")
+    raw = torch.nan_to_num(x) * 1e30
+    shift = torch.zeros(d, dtype=torch.float64, device=device)
+    got = K.shift_rows_triton(raw, shift, normalize_in=False, normalize_out=True)
+    assert_close(got, K.normalize_rows_ref(raw.cpu()), atol=ATOL, rtol=RTOL, what="raw 1e30 rows")
