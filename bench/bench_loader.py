@@ -5,7 +5,9 @@ Both approaches get the same ids (uniformly random over all rows, batches of 256
   row gather (positioned reads; the memory-mapped gather is measured too) → float32 tensor;
 - baseline (the reference's loader): every pickle (lists of dicts with a float16 `embed`, 200,000
   rows a file) loaded into one dict keyed by id, then `np.stack` of the batch's entries → float32.
-Each approach runs in its own subprocess, so its peak RSS (ru_maxrss) is its own.
+Each approach runs in its own subprocess, so its peak RSS (ru_maxrss) is its own. For information, the
+training path is timed too: LLaVA-style annotations joined to the view by id, block-shuffled batches
+from DataLoader workers (JSON parsing of the text fields included).
 
     python bench/bench_loader.py                                   # 500k x 1280 fp16 (~4.5 GB disk)
     python bench/bench_loader.py --rows 20000 --dim 256 --batches 50 --json-out /tmp/bl.json
@@ -41,7 +43,7 @@ def make_inputs(work: Path, rows: int, dim: int) -> None:
     from revision.store import FeatureStore, StoreConfig
 
     pkl_dir, store = work / "pkl", work / "image.zarr"
-    if store.exists() and pkl_dir.exists():
+    if store.exists() and pkl_dir.exists() and (work / "ann.jsonl").exists():
         return
     shutil.rmtree(pkl_dir, ignore_errors=True)
     shutil.rmtree(store, ignore_errors=True)
@@ -62,6 +64,13 @@ def make_inputs(work: Path, rows: int, dim: int) -> None:
                 k = len(list(pkl_dir.glob("*.pkl"))) + 1
                 with open(pkl_dir / f"image_embeds_{k}.pkl", "wb") as fh:
                     pickle.dump(part, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    # LLaVA-style pretraining annotations, one per row, in a shuffled order (as after a dataset merge).
+    with open(work / "ann.jsonl", "w") as fh:
+        for lo in range(0, rows, BLOCK):
+            for i in np.random.default_rng([8, lo]).permutation(np.arange(lo, min(rows, lo + BLOCK))).tolist():
+                cap = f"a photo of object {i % 1000} on a table"
+                conv = [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": cap}]
+                fh.write(json.dumps({"id": row_id(i), "caption": cap, "conversations": conv}) + "\n")
 
 
 def query_batches(rows: int, batch: int, batches: int, seed: int = 1) -> list[list[str]]:
@@ -138,12 +147,43 @@ def role_baseline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-ROLES = {"export": role_export, "view": role_view, "baseline": role_baseline}
+def role_loader(args: argparse.Namespace) -> dict[str, Any]:
+    """The training path: annotations joined by id, block-shuffled batches from DataLoader workers."""
+    import resource
+
+    from revision.train import FeatureDataset, LoaderConfig, make_loader
+
+    t0 = time.perf_counter()
+    ds = FeatureDataset(Path(args.workdir) / "ann.jsonl", Path(args.workdir) / "view")
+    join_s = time.perf_counter() - t0
+    cfg = LoaderConfig(batch_size=args.batch, num_workers=args.workers, seed=0)
+    it = iter(make_loader(ds, cfg))
+    t0 = time.perf_counter()
+    next(it)  # workers started and the first batch delivered
+    first_s = time.perf_counter() - t0
+    n = 0
+    t0 = time.perf_counter()
+    for batch in it:
+        n += len(batch["ids"])
+        if n >= args.batch * args.batches:
+            break
+    elapsed = time.perf_counter() - t0
+    del it  # shuts the workers down, so their peak RSS is reported as the children's
+    return {
+        "samples_per_s": n / elapsed,
+        "join_s": join_s,
+        "first_batch_s": first_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+ROLES = {"export": role_export, "view": role_view, "baseline": role_baseline, "loader": role_loader}
 
 
 def run_role(role: str, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--role", role, "--workdir", str(args.workdir), "--batch", str(args.batch)]
-    cmd += ["--batches", str(args.batches), "--repeats", str(args.repeats), *extra]
+    cmd += ["--batches", str(args.batches), "--repeats", str(args.repeats), "--workers", str(args.workers), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"bench_loader: role {role} failed:\n{proc.stderr}")
@@ -157,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=256, help="ids per batch (default 256)")
     p.add_argument("--batches", type=int, default=400, help="random batches per timed pass (default 400)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes; the median is reported (default 3)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the training-path run (default 2)")
     p.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, removed)")
     p.add_argument("--json-out", default=None, help="results JSON (default bench/results/bench_loader.json)")
     p.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
@@ -181,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         ours = run_role("view", args, "--read-mode", "pread")
         mapped = run_role("view", args, "--read-mode", "mmap")
         base = run_role("baseline", args)
+        loader = run_role("loader", args)
     finally:
         if own_dir:
             shutil.rmtree(args.workdir, ignore_errors=True)
@@ -195,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     ]
     print_table(table, ["approach", "samples/s", "peak RSS MB", "start-up s"])
+    print(
+        f"training path (annotations joined by id, {args.workers} workers): {loader['samples_per_s']:,.0f} samples/s, "
+        f"join {loader['join_s']:.2f} s, peak RSS main {loader['peak_rss_mb']:.0f} MB / "
+        f"worker {loader['worker_peak_rss_mb']:.0f} MB"
+    )
     payload = {
         "rows": args.rows,
         "dim": args.dim,
@@ -213,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_peak_rss_mb": base["peak_rss_mb"],
         "baseline_load_s": base["load_s"],
         "baseline_spread": base["spread"],
+        "loader_workers": args.workers,
+        "loader_samples_per_s": loader["samples_per_s"],
+        "loader_join_s": loader["join_s"],
+        "loader_first_batch_s": loader["first_batch_s"],
+        "loader_peak_rss_mb": loader["peak_rss_mb"],
+        "loader_worker_peak_rss_mb": loader["worker_peak_rss_mb"],
         "speed_ratio": ours["samples_per_s"] / base["samples_per_s"],
         "rss_ratio": ours["peak_rss_mb"] / base["peak_rss_mb"],
         "targets": {"samples_per_s": 200_000, "rss_ratio_max": 0.25},

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from revision.train.errors import DataError
 _BACKSLASH, _QUOTE = 0x5C, 0x22
 _LBRACE, _RBRACE, _LBRACKET, _RBRACKET = 0x7B, 0x7D, 0x5B, 0x5D
 _WHITESPACE = b" \t\r\n"
+# A plain decoder on str skips json.loads' per-call encoding sniffing of bytes.
+_decode = json.JSONDecoder().decode
 
 
 def _escaped_quotes(quotes: np.ndarray, backslashes: np.ndarray, carry_run: int) -> tuple[np.ndarray, int]:
@@ -116,16 +118,19 @@ class AnnotationIndex:
         self._pid = -1
         st = self.path.stat()
         self._stamp = (st.st_size, st.st_mtime_ns)
-        self.starts, self.ends = scan_records(self._buffer(), str(self.path), block_bytes=block_bytes)
+        mm = self._map()
+        buf = np.zeros(0, np.uint8) if mm is None else np.frombuffer(mm, dtype=np.uint8)
+        self.starts, self.ends = scan_records(buf, str(self.path), block_bytes=block_bytes)
 
-    def _buffer(self) -> np.ndarray:
+    def _map(self) -> mmap.mmap | None:
+        """This process's map of the file (None for an empty file, which cannot be mapped)."""
         if self._mm is None or self._pid != os.getpid():
             with open(self.path, "rb") as fh:
                 if os.fstat(fh.fileno()).st_size == 0:
-                    return np.zeros(0, np.uint8)
+                    return None
                 self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             self._pid = os.getpid()
-        return np.frombuffer(self._mm, dtype=np.uint8)
+        return self._mm
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "starts": self.starts, "ends": self.ends, "stamp": self._stamp}
@@ -143,21 +148,42 @@ class AnnotationIndex:
 
     def raw(self, i: int) -> bytes:
         """The bytes of record i."""
-        self._buffer()
-        assert self._mm is not None
-        return self._mm[int(self.starts[i]) : int(self.ends[i])]
+        mm = self._map()
+        assert mm is not None  # an empty file has no records
+        return mm[int(self.starts[i]) : int(self.ends[i])]
 
     def record(self, i: int) -> dict[str, Any]:
         """Record i, parsed."""
         try:
-            rec = json.loads(self.raw(i))
+            rec = _decode(self.raw(i).decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.path}: record {i} (byte {int(self.starts[i])}): {exc}") from exc
-        if not isinstance(rec, dict):
+        if type(rec) is not dict:
             raise DataError(f"{self.path}: record {i} (byte {int(self.starts[i])}) is not a JSON object")
         return rec
 
-    def iter_records(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    def records(self, positions: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+        """The records at `positions`, parsed (one call per batch: no per-record Python method calls)."""
+        pos = np.asarray(positions, dtype=np.int64)
+        if pos.size == 0:
+            return []
+        mm = self._map()
+        assert mm is not None
+        try:
+            out = [
+                _decode(mm[s:e].decode("utf-8"))
+                for s, e in zip(self.starts[pos].tolist(), self.ends[pos].tolist(), strict=True)
+            ]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            out = [self.record(int(i)) for i in pos]  # raises, naming the bad record
+        if not all(type(r) is dict for r in out):
+            out = [self.record(int(i)) for i in pos]
+        return out
+
+    def iter_records(
+        self, start: int = 0, stop: int | None = None, *, block: int = 4096
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
         stop = len(self) if stop is None else stop
-        for i in range(start, stop):
-            yield i, self.record(i)
+        for lo in range(start, stop, block):
+            hi = min(stop, lo + block)
+            yield from zip(range(lo, hi), self.records(np.arange(lo, hi)), strict=True)

@@ -118,22 +118,25 @@ class FeatureDataset(Dataset[dict[str, Any]]):
         return int(self.records[i]) if self.records is not None else int(i)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"sample {i} out of range for {len(self)} samples")
-        i = int(i) % len(self)
-        pos = self.record_index(i)
-        rec = self.annotations.record(pos)
-        item: dict[str, Any] = {
-            "row": int(self.sample_rows[i]),
-            "id": _record_id(rec, self.id_key, self.annotations.path, pos),
-        }
-        for name in self.text_fields:
-            item[name] = rec.get(name)
-        return item
+        return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        # DataLoader's batched fetch: one call per batch instead of one per sample.
-        return [self[i] for i in indices]
+        """The samples at `indices` (DataLoader's batched fetch: one call per batch)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (int(idx.min()) < -n or int(idx.max()) >= n):
+            raise IndexError(f"sample index out of range for {n} samples")
+        idx %= max(1, n)
+        positions = self.records[idx] if self.records is not None else idx
+        recs = self.annotations.records(positions)
+        items = []
+        path, key, fields = self.annotations.path, self.id_key, self.text_fields
+        for pos, row, rec in zip(positions.tolist(), self.sample_rows[idx].tolist(), recs, strict=True):
+            item: dict[str, Any] = {"row": row, "id": _record_id(rec, key, path, pos)}
+            for name in fields:
+                item[name] = rec.get(name)
+            items.append(item)
+        return items
 
     def row_order(self, *, block: int = 1 << 22) -> np.ndarray | None:
         """Sample positions sorted by feature row, so a sampler walking this order reads pages in file
