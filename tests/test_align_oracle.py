@@ -69,11 +69,19 @@ def oracle_realign_ot(text: np.ndarray, image: np.ndarray, *, shrinkage: float =
 
 
 def make_store(
-    path: Path, x: np.ndarray, modality: str, *, chunk_rows: int = 64, dtype: str = "float16", prefix: str = "r"
+    path: Path,
+    x: np.ndarray,
+    modality: str,
+    *,
+    chunk_rows: int = 64,
+    dtype: str = "float16",
+    prefix: str = "r",
+    chunks_per_shard: int = 4,
 ) -> FeatureStore:
     ids = [f"{prefix}{k:07d}" for k in range(x.shape[0])]
     with FeatureStore.create(
-        path, StoreConfig(modality=modality, dim=x.shape[1], dtype=dtype, chunk_rows=chunk_rows),
+        path, StoreConfig(modality=modality, dim=x.shape[1], dtype=dtype, chunk_rows=chunk_rows,
+                          chunks_per_shard=chunks_per_shard),
         metadata_columns={"caption": "str"},
     ) as st:  # fmt: skip
         if x.shape[0]:

@@ -136,6 +136,8 @@ def _out_config(text: FeatureStore, method: Method, config: AlignConfig, stats: 
         dim=text.dim,
         dtype=config.out_dtype,
         chunk_rows=text.chunk_rows,
+        # The text store's geometry: output shards line up with input shards (and stay sanely sized).
+        chunks_per_shard=max(1, text.shard_rows // text.chunk_rows),
         codec=text.codec,
         normalized=method.unit_output,
         encoder=text.config.encoder,
