@@ -121,15 +121,19 @@ def _write(
         done = 0
     else:
         done = int(state["rows"])
+        vectors = builder = None
         try:
             vectors = NpyWriter(work / VECTORS_NAME, store.np_dtype, (store.dim,), resume_rows=done)
             builder = IdIndexBuilder(work, run_rows=run_rows, hash_fn=hash_fn, resume=state["ids"])
         except (OSError, ValueError):  # a damaged work directory: start over
+            if vectors is not None:
+                vectors.abort()
             (work / PROGRESS_NAME).unlink()
             return _write(store, work, source, show_progress, block_rows, run_rows, hash_fn, hash_name)
-        # Hashes of rows after the last spilled sort run lived only in memory: hash them again.
-        builder.rehash(store.read_ids(builder.pending_from, done))
     try:
+        if done:
+            # Hashes of rows after the last spilled sort run lived only in memory: hash them again.
+            builder.rehash(store.read_ids(builder.pending_from, done))
         with tqdm(total=n, initial=done, unit="row", unit_scale=True, disable=not show_progress, desc="export") as bar:
             for lo, block in store.iter_chunks(start=done, block_rows=block_rows):
                 vectors.append(block)

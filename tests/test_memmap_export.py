@@ -125,6 +125,28 @@ def test_interrupted_export_resumes(tmp_path: Path) -> None:
     assert not (tmp_path / ".mm.partial").exists()
 
 
+def test_damaged_partial_export_starts_over(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "s.zarr", 700, 4, "float16", chunk_rows=8)
+    kw = {"show_progress": False, "block_rows": 64, "run_rows": 150, "hash_name": "lens97"}
+    export_memmap(store, tmp_path / "whole", hash_fn=lens_hash, **kw)
+    calls = 0
+
+    def failing_hash(mat: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls == 8:
+            raise KeyboardInterrupt
+        return lens_hash(mat, lens)
+
+    with pytest.raises(KeyboardInterrupt):
+        export_memmap(store, tmp_path / "mm", hash_fn=failing_hash, **kw)
+    runs = sorted((tmp_path / ".mm.partial" / "idindex-runs").glob("run*.hash.npy"))
+    assert runs, "the interrupted export should have spilled sort runs"
+    runs[0].unlink()  # damage: a sort run the checkpoint relies on is gone
+    export_memmap(store, tmp_path / "mm", hash_fn=lens_hash, **kw)
+    assert_same_export(tmp_path / "mm", tmp_path / "whole")
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 import numpy as np
