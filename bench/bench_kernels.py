@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,48 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+SWEEP_ENV = ("REVISION_TRITON_ELEMS", "REVISION_TRITON_WARPS", "REVISION_TRITON_PROGRAMS_PER_SM")
+SWEEP = [(2048, 4, 4), (4096, 4, 4), (4096, 8, 8), (8192, 8, 4), (8192, 8, 8), (16384, 8, 8), (16384, 16, 16)]
+
+
+def _sweep(
+    ops: dict[str, dict[str, Any]],
+    chunks: list[tuple[int, torch.Tensor]],
+    fraction: float,
+    device: torch.device,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    """GB/s of each fused kernel under other register-tile / warp / grid settings (see triton_rows).
+
+    Runs on the given chunks only: `fraction` of the rows that `ops[...]["bytes"]` counts.
+    """
+    saved = {k: os.environ.get(k) for k in SWEEP_ENV}
+    found: list[dict[str, Any]] = []
+    try:
+        for setting in SWEEP:
+            os.environ.update({k: str(v) for k, v in zip(SWEEP_ENV, setting, strict=True)})
+            entry: dict[str, Any] = dict(zip(("elems", "warps", "programs_per_sm"), setting, strict=True))
+            for name, op in ops.items():
+                fn = op["fused"]
+
+                def run(fn: Callable[[int, torch.Tensor], Any] = fn) -> None:
+                    for a, c in chunks:
+                        fn(a, c)
+                    _sync(device)
+
+                timing = time_it(run, repeats=repeats)
+                entry[f"{name}_gb_per_s"] = op["bytes"] * fraction / timing.median / 1e9
+            found.append(entry)
+            print("sweep", entry)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=None, help="rows in total (default: 8388608 on CUDA, 65536 on CPU)")
@@ -75,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per op (default 5)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile versions")
+    parser.add_argument(
+        "--sweep", action="store_true", help="CUDA: also time the kernels under other block settings (tuning aid)"
+    )
     parser.add_argument("--output", default=None, help="JSON path (default bench/results/bench_kernels.json)")
     args = parser.parse_args(argv)
 
@@ -192,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"× {variant}"] = entry[f"speedup_vs_{variant}"]
         table.append(row)
 
+    sweep: list[dict[str, Any]] = []
+    # (Also under REVISION_KERNELS=triton on CPU, so the interpreter can check this code at tiny sizes.)
+    if args.sweep and (cuda or os.environ.get("REVISION_KERNELS") == "triton"):
+        subset = chunks[: max(1, 2_097_152 // chunk)]
+        sweep = _sweep(ops, subset, sum(c.shape[0] for _, c in subset) / rows, device, args.repeats)
+
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"device {device_name}; {rows:,} × {d} {args.dtype} in chunks of {chunk:,}; copy {copy_gbs:,.1f} GB/s")
     print_table(table, ["op", "fused GB/s", "of copy", "eager GB/s", "× eager", "compile GB/s", "× compile"])
@@ -209,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch_threads": torch.get_num_threads(),
             "peak_rss_mb": peak_rss_mb(),
             "kernels": results,
+            "sweep": sweep,
         },
         args.output,
     )

@@ -7,6 +7,8 @@ and torch path agree to float32 rounding, and the noise bits are identical.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -15,25 +17,45 @@ import triton.language as tl
 MAX_DIM = 32768
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive integer")
+    return int(value)
+
+
 def row_blocks(dim: int, *, elems: int = 8192) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_D, num_warps) for kernels that hold BLOCK_M whole rows in registers."""
+    """(BLOCK_M, BLOCK_D, num_warps) for kernels that hold BLOCK_M whole rows in registers.
+
+    `elems` is the default register tile (rows x padded width); REVISION_TRITON_ELEMS and
+    REVISION_TRITON_WARPS override it for tuning on a new GPU (bench_kernels.py --sweep). The
+    choice depends on D only, never on the row count, so per-row results do not depend on it.
+    """
     if dim > MAX_DIM:
         raise ValueError(f"dim={dim} exceeds the kernels' maximum row width {MAX_DIM}")
+    elems = _env_int("REVISION_TRITON_ELEMS") or elems
     block_d = triton.next_power_of_2(max(dim, 16))
     block_m = max(1, min(128, elems // block_d))
     warps = 4 if block_m * block_d <= 4096 else 8
     if block_d >= 16384:
         warps = 16
-    return block_m, block_d, warps
+    return block_m, block_d, _env_int("REVISION_TRITON_WARPS") or warps
 
 
 def reduction_grid(n: int, block_m: int, device: torch.device) -> tuple[int, int]:
     """(programs, rows per program) for kernels that reduce rows into per-program partials.
 
-    A few programs per SM keep HBM busy; each program's row range is a whole number of blocks.
-    Under the interpreter every program instance costs about a millisecond, so use few.
+    A few programs per SM keep HBM busy (REVISION_TRITON_PROGRAMS_PER_SM, default 4); each
+    program's row range is a whole number of blocks. Under the interpreter every program
+    instance costs about a millisecond, so use few.
     """
-    slots = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    if device.type == "cuda":
+        per_sm = _env_int("REVISION_TRITON_PROGRAMS_PER_SM") or 4
+        slots = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        slots = 4
     programs = max(1, min(triton.cdiv(n, block_m), slots))
     per_program = triton.cdiv(triton.cdiv(n, programs), block_m) * block_m
     return triton.cdiv(n, per_program), per_program
