@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from revision.bench.harness import peak_rss_mb, print_table, time_it, write_results
-from revision.kernels import c3, normalize_rows, realign_apply, realign_centroid, row_stats
+from revision.kernels import c3, normalize_rows, realign_apply, realign_centroid, row_stats, select_backend
 
 Op = Callable[[torch.Tensor, int], Any]
 
@@ -65,7 +65,7 @@ def _sync(device: torch.device) -> None:
 
 
 SWEEP_ENV = ("REVISION_TRITON_ELEMS", "REVISION_TRITON_WARPS", "REVISION_TRITON_PROGRAMS_PER_SM")
-SWEEP = [(2048, 4, 4), (4096, 4, 4), (4096, 8, 8), (8192, 8, 4), (8192, 8, 8), (16384, 8, 8), (16384, 16, 16)]
+SWEEP = [(2048, 4, 8), (4096, 4, 8), (4096, 8, 16), (8192, 8, 8), (16384, 16, 8)]
 
 
 def _sweep(
@@ -93,7 +93,7 @@ def _sweep(
                         fn(a, c)
                     _sync(device)
 
-                timing = time_it(run, repeats=repeats)
+                timing = time_it(run, repeats=min(3, repeats))
                 entry[f"{name}_gb_per_s"] = op["bytes"] * fraction / timing.median / 1e9
             found.append(entry)
             print("sweep", entry)
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench_kernels",
         {
             "device": device_name,
-            "backend": "triton" if cuda else "torch",
+            "backend": select_backend(x),
             "rows": rows,
             "dim": d,
             "chunk_rows": chunk,
