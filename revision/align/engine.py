@@ -9,6 +9,7 @@ align = fit + apply, the stats saved in the aligned store's attrs["alignment"] a
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -182,6 +183,7 @@ def apply_stats(
         raise UserError(f"--text {t.path}: empty store (0 rows)")
     method = _check_stats(stats, t, config, str(stats_path) if stats_path else "statistics")
     out_p = Path(out)
+    created = not out_p.exists()
     dst = _open_output(out_p, t, method, config, stats)
     digest = stats.digest()
     start = dst.rows
@@ -213,6 +215,13 @@ def apply_stats(
                     time.sleep(pause)
         final = {"job": "align-apply", "stats": digest, "source_rows": t.rows, "next_row": t.rows, "done": True}
         dst.commit(progress=final, attrs={"alignment": stats.header()})
+    except UserError:
+        # Bad input found mid-way (strict screening): a store this run created is removed, so no
+        # half-aligned output is left behind. A resumed store keeps its committed rows.
+        dst.close()
+        if created:
+            shutil.rmtree(out_p, ignore_errors=True)
+        raise
     finally:
         dst.close()
     nbytes = (t.rows - start) * t.dim * t.np_dtype.itemsize
