@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     in_bytes = x.numel() * x.element_size()
     out_bytes = rows * d * out.element_size()
 
-    def sweep(fn: Callable[[int, torch.Tensor], Any]) -> Callable[[], None]:
+    def over_chunks(fn: Callable[[int, torch.Tensor], Any]) -> Callable[[], None]:
         def run() -> None:
             for a, c in chunks:
                 fn(a, c)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Baseline of the run: a copy of the same bytes (device-to-device on CUDA, memcpy on CPU).
     copy_dst = torch.empty(chunk, d, device=device, dtype=dtype)
-    copy_t = time_it(sweep(lambda a, c: copy_dst[: c.shape[0]].copy_(c)), repeats=args.repeats)
+    copy_t = time_it(over_chunks(lambda a, c: copy_dst[: c.shape[0]].copy_(c)), repeats=args.repeats)
     copy_gbs = 2 * in_bytes / copy_t.median / 1e9
 
     ops: dict[str, dict[str, Any]] = {
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     compiled: dict[str, Callable[..., Any]] = {}
     compile_seconds: dict[str, float] = {}
     if not args.no_compile:
-        targets = {
+        Bind = Callable[[Callable[..., Any]], Callable[[int, torch.Tensor], Any]]
+        targets: dict[str, tuple[Callable[..., Any], Bind]] = {
             "row_stats": (eager_row_stats, lambda f: lambda a, c: f(c)),
             "realign_centroid": (eager_centroid, lambda f: lambda a, c: f(c, mu_t32, mu_i32, s)),
             "realign_apply": (eager_apply, lambda f: lambda a, c: f(c, mu_t32, mu_i32, s, mu_hat32, out_dtype)),
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant, fn in variants:
             if fn is None:
                 continue
-            timing = time_it(sweep(fn), repeats=args.repeats)
+            timing = time_it(over_chunks(fn), repeats=args.repeats)
             gbs = op["bytes"] / timing.median / 1e9
             entry[variant] = {
                 "seconds": timing.median,
