@@ -141,6 +141,18 @@ def test_resume_from_step(setup: tuple[Path, np.ndarray, FeatureView]) -> None:
     assert not torch.equal(collect(make_loader(ds, cfg, epoch=3))[0]["rows"], full[0]["rows"])
 
 
+def test_data_parallel_ranks_partition_an_epoch(setup: tuple[Path, np.ndarray, FeatureView]) -> None:
+    tmp, x16, view = setup
+    ds = FeatureDataset(tmp / "ann.jsonl", view)
+    cfg = LoaderConfig(batch_size=64, block_size=100, seed=5)
+    ranks = [collect(make_loader(ds, cfg, rank=r, world_size=4)) for r in range(4)]
+    assert len({len(batches) for batches in ranks}) == 1, "ranks must see the same number of batches"
+    rows = np.concatenate([torch.cat([b["rows"] for b in batches]).numpy() for batches in ranks])
+    assert set(rows.tolist()) == set(range(1500)) and rows.size == 1500  # 1500 = 4 * 375: no padding
+    resumed = collect(make_loader(ds, cfg, rank=2, world_size=4, start_step=3))
+    assert_batches_equal(ranks[2][3:], resumed)
+
+
 def test_row_order_only_when_needed(setup: tuple[Path, np.ndarray, FeatureView]) -> None:
     tmp, _, view = setup
     shuffled = FeatureDataset(tmp / "ann.jsonl", view)

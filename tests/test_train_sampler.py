@@ -83,7 +83,52 @@ def test_wrong_resume_is_rejected() -> None:
     assert not np.array_equal(wrong, full[k:])
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 700),
+    block=st.integers(1, 50),
+    window=st.integers(1, 4),
+    world=st.integers(1, 5),
+    start=st.floats(0, 1),
+)
+def test_ranks_split_one_global_order(n: int, block: int, window: int, world: int, start: float) -> None:
+    kw = {"block_size": block, "window_blocks": window, "seed": 11, "world_size": world}
+    full = order_of(BlockShuffleSampler(n, block_size=block, window_blocks=window, seed=11))
+    padded = np.resize(full, n + (-n) % world)  # padded cyclically with the order's first positions
+    per_rank = [order_of(BlockShuffleSampler(n, rank=r, **kw)) for r in range(world)]
+    for r, got in enumerate(per_rank):
+        assert np.array_equal(got, padded[r::world]), f"rank {r} of {world} does not interleave the global order"
+        assert len(BlockShuffleSampler(n, rank=r, **kw)) == len(got) == len(padded) // world
+    assert set(np.concatenate(per_rank).tolist()) == set(range(n))
+    k = int(start * len(padded)) // world * world  # resume points are whole global steps
+    for r in range(world):
+        s = BlockShuffleSampler(n, rank=r, start=k, **kw)
+        got = order_of(s)
+        assert np.array_equal(got, padded[k + r :: world]), f"rank {r} resumed at {k} differs"
+        assert len(s) == len(got)
+
+
+def test_fewer_samples_than_ranks() -> None:
+    got = [order_of(BlockShuffleSampler(2, rank=r, world_size=5)) for r in range(5)]
+    assert all(len(g) == 1 for g in got)
+    assert sorted(int(g[0]) for g in got[:2]) == [0, 1]
+
+
+def test_rank_resume_from_step() -> None:
+    n, batch, world = 1001, 16, 3
+    kw = {"block_size": 40, "seed": 2, "world_size": world}
+    full = [order_of(BlockShuffleSampler(n, rank=r, **kw)) for r in range(world)]
+    for r in range(world):
+        s = BlockShuffleSampler(n, rank=r, **kw)
+        s.load_state_dict({"seed": 2, "epoch": 0, "step": 7, "batch_size": batch, "world_size": world})
+        assert np.array_equal(order_of(s), full[r][7 * batch :])
+    with pytest.raises(ValueError, match="world_size 2"):
+        BlockShuffleSampler(n, **kw).load_state_dict({"seed": 2, "step": 1, "batch_size": batch, "world_size": 2})
+
+
 def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="rank"):
+        BlockShuffleSampler(10, rank=2, world_size=2)
     with pytest.raises(ValueError, match="block_size"):
         BlockShuffleSampler(10, block_size=0)
     with pytest.raises(ValueError, match="start"):

@@ -62,12 +62,16 @@ def make_loader(
     transform: Transform | None = None,
     epoch: int = 0,
     start_step: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
     multiprocessing_context: str | None = None,
 ) -> DataLoader:
     """A DataLoader over `dataset` yielding FeatureCollate batches, positioned at `start_step` of `epoch`.
 
     The sampler reads feature rows in block-shuffled file order (`dataset.row_order()`); resuming at
     `start_step` yields exactly the batches an uninterrupted run would have yielded from there on.
+    rank / world_size: this process's share in data-parallel training (e.g. torch.distributed's rank
+    and world size); every rank gets the same number of batches.
     """
     cfg = config or LoaderConfig()
     sampler = BlockShuffleSampler(
@@ -77,8 +81,10 @@ def make_loader(
         seed=cfg.seed,
         epoch=epoch,
         order=dataset.row_order(),
+        rank=rank,
+        world_size=world_size,
     )
-    sampler.set_start(min(len(dataset), start_step * cfg.batch_size))
+    sampler.set_start(min(sampler.total, start_step * cfg.batch_size * world_size))
     collate = FeatureCollate(dataset.view, dtype=getattr(torch, cfg.embed_dtype), transform=transform)
     pin = torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory
     workers = cfg.num_workers
