@@ -206,3 +206,19 @@ def test_header_names_the_source(tmp_path: Path) -> None:
     assert header["source"]["path"] == str((tmp_path / "s.zarr").resolve())
     assert header["source"]["modality"] == "image"
     assert header["format"] == "revision-memmap"
+
+
+def test_export_memory_is_bounded_by_blocks_not_rows(tmp_path: Path) -> None:
+    import tracemalloc
+
+    def peak(n: int, name: str) -> int:
+        store = make_store(tmp_path / f"{name}.zarr", n, 32, "float16", chunk_rows=64)
+        tracemalloc.start()
+        try:
+            export_memmap(store, tmp_path / name, show_progress=False, block_rows=256, run_rows=1000)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(2_000, "s"), peak(20_000, "l")
+    assert large < 1.5 * small + (1 << 20), f"peak {large / 2**20:.1f} MiB for 20k rows vs {small / 2**20:.1f} for 2k"

@@ -129,3 +129,23 @@ def test_empty_index(tmp_path: Path) -> None:
     index = IdIndex.open(tmp_path)
     assert len(index) == 0
     assert index.lookup(["x"]).tolist() == [-1]
+
+
+def test_build_memory_is_bounded_by_runs_not_rows(tmp_path: Path) -> None:
+    """Peak allocations while building grow with run_rows / block size, not with the number of ids."""
+    import tracemalloc
+
+    def peak(n: int, where: Path) -> int:
+        tracemalloc.start()
+        try:
+            b = IdIndexBuilder(where, run_rows=2000, merge_fanin=4)
+            for lo in range(0, n, 1000):
+                b.add([f"id-{i:08d}" for i in range(lo, min(n, lo + 1000))])
+            b.finish(block_rows=2000)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(10_000, tmp_path / "s"), peak(100_000, tmp_path / "l")
+    assert large < 1.5 * small + (1 << 20), f"peak {large / 2**20:.1f} MiB for 100k ids vs {small / 2**20:.1f} for 10k"
+    assert np.array_equal(IdIndex.open(tmp_path / "l").lookup(["id-00099999", "id-00000000"]), [99_999, 0])
