@@ -1,9 +1,13 @@
 """FeatureView: the read side of a memmap export (`revision.store.memmap`), for training loaders.
 
 Opening reads the small JSON header and maps the files: nothing is read per row, so start-up time
-does not depend on N. Rows are gathered straight from the page cache; lookups by id go through the
-sorted hash index. A view pickles as its path only, and maps the files again in each process (each
-DataLoader worker has its own mapping of the same pages, never a copy of the matrix).
+does not depend on N. Lookups by id go through the sorted hash index. Rows are gathered from the page
+cache with one positioned read per row by default: on Linux a touched page of a mapping is charged
+to the process's RSS (in whole large folios on recent kernels, so random rows soon "use" the whole
+file), while positioned reads keep the resident set at the batch. The memory-mapped gather
+(`read_mode="mmap"`) is faster and suits sequential scans. A view pickles as its path only and opens
+the files again in each process: each DataLoader worker shares the same page-cache pages, never a
+copy of the matrix.
 """
 
 from __future__ import annotations
