@@ -18,6 +18,8 @@ import torch
 
 ENV_VAR = "REVISION_KERNELS"
 BACKENDS = ("auto", "triton", "torch", "ref")
+# The kernels hold whole rows in registers; wider rows take the torch path (see triton_rows).
+MAX_TRITON_DIM = 32768
 
 
 @functools.cache
@@ -42,7 +44,8 @@ def select_backend(x: torch.Tensor) -> str:
     """The implementation to run for an input on `x.device`: "triton", "torch" or "ref"."""
     wanted = requested_backend()
     if wanted == "auto":
-        return "triton" if x.is_cuda and triton_available() else "torch"
+        fits = x.dim() != 2 or x.shape[1] <= MAX_TRITON_DIM
+        return "triton" if x.is_cuda and fits and triton_available() else "torch"
     if wanted == "triton" and not triton_available():
         raise RuntimeError(f"{ENV_VAR}=triton but triton cannot be imported")
     return wanted

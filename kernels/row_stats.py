@@ -136,6 +136,8 @@ def row_stats_torch(x: torch.Tensor, *, normalize: bool = True, second_moment: b
         return Moments.empty(d, second_moment=second_moment, device=x.device)
     if second_moment:
         return _with_comoment(x, normalize)
+    if x.device.type != "cpu":
+        return row_stats_ref(x, normalize=normalize)
 
     def work(first: int, last: int) -> Moments:
         buffers = TileBuffers(d, f64=True)

@@ -13,8 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
+from revision.kernels.backend import MAX_TRITON_DIM
+
 # Above this row width the whole row no longer fits one program's registers.
-MAX_DIM = 32768
+MAX_DIM = MAX_TRITON_DIM
 
 
 def _env_int(name: str) -> int | None:

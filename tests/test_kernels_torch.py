@@ -262,3 +262,21 @@ def test_out_buffers_are_used_and_checked() -> None:
         K.realign_apply(x, mu_t, mu_i, 0.9, mu_hat, out=half)
     with pytest.raises(ValueError, match="contiguous"):
         K.gap_shift(x, mu_i - mu_t, 0.1, out=torch.empty(64, 300).t())
+
+
+def test_imports_and_runs_without_triton() -> None:
+    """`import revision` and the CPU paths work where triton cannot be imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, revision, revision.kernels as K\n"
+        "assert not K.triton_available()\n"
+        "x = torch.randn(50, 9).half(); z = torch.zeros(9, dtype=torch.float64)\n"
+        "assert K.row_stats(x).n == 50 and K.realign_apply(x, z, z, 1.0, z).shape == (50, 9)\n"
+        "assert K.c3(x, z, seed=1).shape == (50, 9)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
