@@ -132,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     out_dtype = getattr(torch, args.out_dtype)
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(rows, d, device=device, dtype=torch.float32, generator=gen).to(dtype)
-    x += torch.randn(d, device=device, generator=gen).to(dtype)
+    # Rows around a common direction (an embedding cone), generated chunk by chunk: no fp32 copy of it all.
+    x = torch.empty(rows, d, device=device, dtype=dtype)
+    centre = torch.randn(d, device=device, generator=gen)
+    for a in range(0, rows, 1 << 20):
+        block = x[a : a + (1 << 20)]
+        block.copy_(torch.randn(block.shape, device=device, generator=gen).mul_(0.3).add_(centre))
     mu_t, mu_i, mu_hat = (0.03 * torch.randn(3, d, device=device, dtype=torch.float64, generator=gen)).unbind(0)
     mu_t32, mu_i32, mu_hat32 = mu_t.float(), mu_i.float(), mu_hat.float()
     s = 1.21
