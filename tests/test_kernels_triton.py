@@ -288,3 +288,23 @@ def test_scaling_switches(device: str) -> None:
     shift = torch.zeros(d, dtype=torch.float64, device=device)
     got = K.shift_rows_triton(raw, shift, normalize_in=False, normalize_out=True)
     assert_close(got, K.normalize_rows_ref(raw.cpu()), atol=ATOL, rtol=RTOL, what="raw 1e30 rows")
+
+
+def test_kernel_rows_do_not_depend_on_chunking(device: str) -> None:
+    """Per-row kernel results are bitwise the same for a row alone, in a chunk, or in the whole;
+    reductions are bitwise repeatable (fixed-order float64 merge, no atomics)."""
+    x = _rows(150, 96, torch.bfloat16, device)
+    mu_t, mu_i, mu_hat = _means(96, device)
+    whole = K.realign_apply_triton(x, mu_t, mu_i, 0.9, mu_hat)
+    unit = K.normalize_rows_triton(x)
+    for a, b in ((0, 1), (1, 38), (38, 150), (149, 150)):
+        assert torch.equal(K.realign_apply_triton(x[a:b], mu_t, mu_i, 0.9, mu_hat), whole[a:b])
+        assert torch.equal(K.normalize_rows_triton(x[a:b]), unit[a:b])
+    first = K.realign_centroid_triton(x, mu_t, mu_i, 0.9)[1]
+    assert torch.equal(K.realign_centroid_triton(x, mu_t, mu_i, 0.9)[1], first)
+    stats = K.row_stats_triton(x)
+    again = K.row_stats_triton(x)
+    assert torch.equal(stats.mean, again.mean) and torch.equal(stats.m2, again.m2)
+    parts = K.merge_moments(K.row_stats_triton(x[:61]), K.row_stats_triton(x[61:]))
+    assert_close(parts.mean, stats.mean, atol=1e-7, rtol=1e-6, what="chunked kernel mean")
+    assert_close(parts.m2, stats.m2, atol=1e-5, rtol=1e-5, what="chunked kernel m2")
