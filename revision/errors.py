@@ -1,7 +1,11 @@
-"""Errors a user can cause: the CLI turns these into a one-line message and a non-zero exit."""
+"""Errors a user can cause: the CLI turns these into a one-line message and a non-zero exit.
+
+The class lives in `revision.store.errors` so that the store and training layers, which must not
+import `revision`, raise the same type.
+"""
 
 from __future__ import annotations
 
+from revision.store.errors import UserError
 
-class UserError(Exception):
-    """Bad input, flag or file. The message names the file, row or flag at fault."""
+__all__ = ["UserError"]

@@ -20,8 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from revision.errors import UserError
-
+from .errors import UserError
 from .featurestore import FeatureStore, StoreError, to_torch
 from .npy_io import LAYOUT_PREFIX, write_npy_header
 from .parquet_io import arrow_schema, metadata_table, vector_array

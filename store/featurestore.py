@@ -28,6 +28,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .config import DTYPES, FORMAT_VERSION, META_KINDS, StoreConfig
+from .errors import UserError
 from .readahead import read_ahead
 from .shard import ArraySpec, ShardReader
 from .writer import ArrayWriter
@@ -36,7 +37,7 @@ _COLUMN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _READ_BLOCK_BYTES = 16 << 20
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A store cannot be opened, created or written as asked; the message names the path."""
 
 

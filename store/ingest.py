@@ -21,9 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from revision.errors import UserError
-
 from .config import ConfigError, StoreConfig, canonical_dtype
+from .errors import UserError
 from .idcheck import ID_HASH
 from .ingest_job import IngestJob, IngestSummary
 from .npy_io import NpySource

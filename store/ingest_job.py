@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from revision.errors import UserError
-
 from .config import StoreConfig
+from .errors import UserError
 from .featurestore import FeatureStore, StoreError
 from .idcheck import FROM_DEST, DuplicateIds, IdBuckets, pack_src, unpack_src
 from .sources import Batch, Source

@@ -17,8 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from revision.errors import UserError
-
+from .errors import UserError
 from .parquet_io import (
     batch_ids,
     column_values,

@@ -21,8 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from revision.errors import UserError
-
+from .errors import UserError
 from .sources import Batch, Source, require_modality
 
 KINDS_KEY = b"revision.kinds"

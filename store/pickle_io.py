@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from revision.errors import UserError
-
 from .atomic import atomic_write_bytes
+from .errors import UserError
 from .sources import Batch, Source, infer_kind, require_modality, value_fits
 
 #: The globals a list of dicts of str/numbers/numpy arrays needs, across numpy 1.x (`numpy.core`) and

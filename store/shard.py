@@ -228,7 +228,7 @@ class ShardReader:
                 if off == int(EMPTY):
                     raise OSError(f"{spec.shard_path(shard)}: chunk {j} is missing")
                 nbytes = (last - pos) * spec.row_bytes
-                view = memoryview(out[pos - start : last - start].reshape(-1).view(np.uint8))
+                view = out[pos - start : last - start].reshape(-1).view(np.uint8).data
                 got = os.preadv(self._fd(shard), [view], off + lo * spec.row_bytes)
                 if got != nbytes:
                     raise OSError(f"{spec.shard_path(shard)}: short read ({got} of {nbytes} bytes)")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from revision.errors import UserError
+from .errors import UserError
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
