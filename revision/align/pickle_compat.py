@@ -13,9 +13,11 @@ Items whose `embed` is None are skipped, as by the reference, and are not writte
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,8 @@ from revision.align.methods import METHODS
 from revision.align.passes import progress_enabled
 from revision.align.stats import AlignStats, trace_stats_record, write_pickle
 from revision.errors import UserError
-from revision.kernels import Moments, merge_moments, realign_apply, realign_centroid, row_stats
-from revision.store.pickle_io import PROTOCOL, load_reference_pickle
+from revision.kernels import Moments, first_nonfinite_row, merge_moments, realign_apply, realign_centroid, row_stats
+from revision.store.pickle_io import load_reference_pickle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,30 +85,34 @@ def _pickles(d: Path, flag: str) -> list[Path]:
 
 
 class _Loader:
-    """Loads one pickle at a time and stacks its vectors; remembers the last file for the next pass."""
+    """Loads one pickle at a time and checks its layout; remembers the last file for the next pass.
 
-    def __init__(self, strict: bool) -> None:
-        self.strict = strict
+    Vectors are never stacked for a whole file: `batches` stacks `chunk_size` rows at a time, so
+    memory is one file's records plus one batch.
+    """
+
+    def __init__(self) -> None:
         self.dim: int | None = None
         self.dim_file: Path | None = None
         self.loads = 0
-        self._last: tuple[Path, list[dict[str, Any]], np.ndarray] | None = None
+        self._last: tuple[Path, list[dict[str, Any]], list[int]] | None = None
 
-    def get(self, path: Path) -> tuple[list[dict[str, Any]], np.ndarray]:
+    def get(self, path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+        """(records, indices of the records that have a vector)."""
         if self._last is not None and self._last[0] == path:
             return self._last[1], self._last[2]
         self._last = None  # free the previous file before loading the next: one file in memory
         records = load_reference_pickle(path)
         self.loads += 1
-        vectors = self._stack(path, records)
-        self._last = (path, records, vectors)
-        return records, vectors
+        kept = self._check(path, records)
+        self._last = (path, records, kept)
+        return records, kept
 
     def forget(self) -> None:
         self._last = None
 
-    def _stack(self, path: Path, records: list[dict[str, Any]]) -> np.ndarray:
-        embeds = []
+    def _check(self, path: Path, records: list[dict[str, Any]]) -> list[int]:
+        kept = []
         for i, rec in enumerate(records):
             e = rec.get("embed")
             if e is None:
@@ -120,48 +126,73 @@ class _Loader:
                     f"{path}: item {i} (id {rec.get('id')!r}): embed has {e.shape[0]} values, "
                     f"but {self.dim_file} has {self.dim}"
                 )
-            embeds.append(e)
-        if not embeds:
-            return np.empty((0, self.dim or 0), dtype=np.float32)
-        x = np.stack(embeds)
+            kept.append(i)
+        return kept
+
+
+def _batches(records: list[dict[str, Any]], kept: list[int], size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(record indices, (n, D) vectors) for `size` records with vectors at a time."""
+    for s in range(0, len(kept), size):
+        items = kept[s : s + size]
+        x = np.stack([records[i]["embed"] for i in items])
         if x.dtype not in (np.float16, np.float32):
             x = x.astype(np.float32)
-        if self.strict:
-            self._screen(path, records, x)
-        return x
-
-    def _screen(self, path: Path, records: list[dict[str, Any]], x: np.ndarray) -> None:
-        bad_rows = np.flatnonzero(~np.isfinite(x).all(axis=1)) if not np.isfinite(x.sum(dtype=np.float64)) else []
-        if len(bad_rows):
-            kept = [i for i, r in enumerate(records) if r.get("embed") is not None]
-            item = kept[int(bad_rows[0])]
-            raise UserError(
-                f"{path}: item {item} (id {records[item].get('id')!r}) holds a NaN or infinite value; "
-                "fix the input or pass --strict_finite 0 (non-finite values then count as 0, as in the reference)"
-            )
+        yield items, torch.from_numpy(x)
 
 
-def _blocks(n: int, size: int) -> list[tuple[int, int]]:
-    return [(s, min(n, s + size)) for s in range(0, n, size)]
+def _screen(path: Path, records: list[dict[str, Any]], items: list[int], x: torch.Tensor) -> None:
+    row = first_nonfinite_row(x)
+    if row is not None:
+        item = items[row]
+        raise UserError(
+            f"{path}: item {item} (id {records[item].get('id')!r}) holds a NaN or infinite value; "
+            "fix the input or pass --strict_finite 0 (non-finite values then count as 0, as in the reference)"
+        )
 
 
-def _write_pickle_streamed(path: Path, obj: Any) -> None:
-    """Pickle straight into a temporary file (no whole-file bytes in memory), then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            pickle.Pickler(fh, protocol=PROTOCOL).dump(obj)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+class ListPickleWriter:
+    """Writes one pickled `list` item batch by item batch, so the whole list is never in memory.
+
+    The stream is PROTO 4, EMPTY_LIST, then per batch the body of that batch pickled as a list minus
+    its own EMPTY_LIST (its MARK … APPENDS operate on the outer list), then STOP. Batches are pickled
+    without a memo (`fast`), so no memo index crosses a batch; protocol 3 bodies have no frames (frames
+    are optional in protocol 4). Loading gives a list equal to the records written, key order kept.
+    Committed atomically: a temporary file renamed over `path` by `close`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in close() / abort()
+        self._fh.write(pickle.PROTO + bytes([4]) + pickle.EMPTY_LIST)
+
+    def add(self, items: list[Any]) -> None:
+        if not items:
+            return
+        buf = io.BytesIO()
+        pickler = pickle.Pickler(buf, protocol=3)
+        pickler.fast = True  # no memo: batches stay independent
+        pickler.dump(items)
+        data = buf.getbuffer()
+        assert data[2:3] == pickle.EMPTY_LIST and data[-1:] == pickle.STOP
+        self._fh.write(data[3:-1])
+
+    def close(self) -> None:
+        self._fh.write(pickle.STOP)
+        self._fh.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._fh.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def align_pickles(cfg: PickleAlignConfig) -> PickleAlignResult:
     """Run ReAlign on the pickle directories of `cfg`; outputs are each committed atomically."""
     texts = _pickles(cfg.input_dir, "--input_dir")
     images = _pickles(cfg.img_input_dir, "--img_input_dir")
-    loader = _Loader(cfg.strict_finite)
+    loader = _Loader()
     show = progress_enabled(cfg.progress)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -169,11 +200,13 @@ def align_pickles(cfg: PickleAlignConfig) -> PickleAlignResult:
     def moments(files: list[Path], what: str) -> Moments:
         total: Moments | None = None
         for f in tqdm(files, desc=f"pass 1 {what}", unit="file", disable=not show, leave=False):
-            _, x = loader.get(f)
-            m = row_stats(torch.from_numpy(x), normalize=True)
-            total = m if total is None else merge_moments(total, m)
-        assert total is not None
-        return total
+            records, kept = loader.get(f)
+            for items, x in _batches(records, kept, cfg.chunk_size):
+                if cfg.strict_finite:
+                    _screen(f, records, items, x)
+                m = row_stats(x, normalize=True)
+                total = m if total is None else merge_moments(total, m)
+        return total if total is not None else Moments.empty(loader.dim or 1)
 
     image_m = moments(images, "image")
     loader.forget()
@@ -193,10 +226,9 @@ def align_pickles(cfg: PickleAlignConfig) -> PickleAlignResult:
     n_hat = 0
     sum_h = torch.zeros(stats.dim, dtype=torch.float64)
     for f in tqdm(texts[::-1], desc="pass 2 centroid", unit="file", disable=not show, leave=False):
-        _, x = loader.get(f)
-        xt = torch.from_numpy(x)
-        for s, e in _blocks(x.shape[0], cfg.chunk_size):
-            n, part = realign_centroid(xt[s:e], stats.mu_t, stats.mu_i, stats.scale)
+        records, kept = loader.get(f)
+        for _, x in _batches(records, kept, cfg.chunk_size):
+            n, part = realign_centroid(x, stats.mu_t, stats.mu_i, stats.scale)
             n_hat += n
             sum_h += part
     if cfg.strict_finite and not bool(torch.isfinite(sum_h).all()):
@@ -210,27 +242,26 @@ def align_pickles(cfg: PickleAlignConfig) -> PickleAlignResult:
     outputs = []
     trace_dir = cfg.output_dir / "trace"
     for f in tqdm(texts, desc="pass 3 apply", unit="file", disable=not show, leave=False):
-        records, x = loader.get(f)
-        out = np.empty(x.shape, dtype=np.float32)
-        xt = torch.from_numpy(x)
-        ot = torch.from_numpy(out)
-        for s, e in _blocks(x.shape[0], cfg.chunk_size):
-            ot[s:e] = realign_apply(xt[s:e], stats.mu_t, stats.mu_i, stats.scale, mu_hat)
-        if cfg.strict_finite and not np.isfinite(out.sum(dtype=np.float64)):
-            raise UserError(f"{f}: the aligned rows hold non-finite values")
-        loader.forget()
-        aligned: list[dict[str, Any]] = []
-        j = 0
-        for rec in records:
-            if rec.get("embed") is None:
-                continue
-            aligned.append({k: (out[j] if k == "embed" else v) for k, v in rec.items()})
-            j += 1
-        del records, x, xt
+        records, kept = loader.get(f)
         target = trace_dir / f"{f.stem}_trace.pkl"
-        _write_pickle_streamed(target, aligned)
+        writer = ListPickleWriter(target)
+        try:
+            for items, x in _batches(records, kept, cfg.chunk_size):
+                out = realign_apply(x, stats.mu_t, stats.mu_i, stats.scale, mu_hat).numpy()
+                if cfg.strict_finite and not np.isfinite(out.sum(dtype=np.float64)):
+                    raise UserError(f"{f}: the aligned rows hold non-finite values")
+                rows = iter(out)
+                batch = []
+                for i in items:
+                    batch.append({k: (next(rows) if k == "embed" else v) for k, v in records[i].items()})
+                writer.add(batch)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        loader.forget()
+        del records
         outputs.append(target)
-        del aligned, out, ot
     seconds["pass3"] = time.perf_counter() - t2
 
     if cfg.save_stats:
