@@ -13,7 +13,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from revision.kernels.triton_rows import needs_scaling, row_blocks, unit_rows
+    from revision.kernels.triton_rows import load_rows, needs_scaling, row_blocks, store_rows, unit_rows
 
 
 def normalize_rows_ref(x: torch.Tensor) -> torch.Tensor:
@@ -32,16 +32,15 @@ if triton_available():
         stride_x,
         SCALED: tl.constexpr,
         BLOCK_M: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BLOCK_A: tl.constexpr,
+        BLOCK_B: tl.constexpr,
     ):
         pid = tl.program_id(0)
         rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        cols = tl.arange(0, BLOCK_D)
-        mask = (rows < n_rows)[:, None] & (cols < dim)[None, :]
-        # Upcast right after the load: all arithmetic in fp32 (the interpreter mishandles bf16 math).
-        x = tl.load(X_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        y = unit_rows(x, True, SCALED)
-        tl.store(Y_ptr + rows[:, None] * dim + cols[None, :], y, mask=mask)
+        row_ok = rows < n_rows
+        xa, xb = load_rows(X_ptr, rows, row_ok, stride_x, dim, BLOCK_A, BLOCK_B)
+        ya, yb = unit_rows(xa, xb, True, SCALED)
+        store_rows(Y_ptr, rows, row_ok, dim, dim, ya, yb, BLOCK_A, BLOCK_B)
 
 
 def normalize_rows_triton(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,11 +51,12 @@ def normalize_rows_triton(x: torch.Tensor, *, out: torch.Tensor | None = None) -
     y = prepare_out("normalize_rows_triton", out, n, d, torch.float32, x.device)
     if n == 0:
         return y
-    block_m, block_d, warps = row_blocks(d)
+    block_m, block_a, block_b, warps = row_blocks(d)
     grid = (triton.cdiv(n, block_m),)
     _normalize_rows_kernel[grid](
-        x, y, n, d, x.stride(0), SCALED=needs_scaling(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps
-    )
+        x, y, n, d, x.stride(0), SCALED=needs_scaling(x.dtype),
+        BLOCK_M=block_m, BLOCK_A=block_a, BLOCK_B=block_b, num_warps=warps,
+    )  # fmt: skip
     return y
 
 

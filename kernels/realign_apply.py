@@ -26,7 +26,14 @@ if triton_available():
     import triton.language as tl
 
     from revision.kernels.realign_project import project_rows
-    from revision.kernels.triton_rows import needs_scaling, row_blocks, unit_rows
+    from revision.kernels.triton_rows import (
+        load_rows,
+        load_vector,
+        needs_scaling,
+        row_blocks,
+        store_rows,
+        unit_rows,
+    )
 
 
 def realign_apply_ref(
@@ -60,20 +67,19 @@ if triton_available():
         SCALED_IN: tl.constexpr,
         SCALED_MID: tl.constexpr,
         BLOCK_M: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BLOCK_A: tl.constexpr,
+        BLOCK_B: tl.constexpr,
     ):
         pid = tl.program_id(0)
         rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        cols = tl.arange(0, BLOCK_D)
-        col_ok = cols < dim
-        mask = (rows < n_rows)[:, None] & col_ok[None, :]
-        mu_t = tl.load(MU_T_ptr + cols, mask=col_ok, other=0.0)
-        mu_i = tl.load(MU_I_ptr + cols, mask=col_ok, other=0.0)
-        shift = tl.load(SHIFT_ptr + cols, mask=col_ok, other=0.0)
-        x = tl.load(Y_ptr + rows[:, None] * stride_y + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        h = project_rows(x, mu_t, mu_i, scale, SCALED_IN, SCALED_MID)
-        out = unit_rows(h + shift[None, :], False, SCALED_MID)
-        tl.store(OUT_ptr + rows[:, None] * dim + cols[None, :], out.to(OUT_ptr.dtype.element_ty), mask=mask)
+        row_ok = rows < n_rows
+        mu_ta, mu_tb = load_vector(MU_T_ptr, dim, BLOCK_A, BLOCK_B)
+        mu_ia, mu_ib = load_vector(MU_I_ptr, dim, BLOCK_A, BLOCK_B)
+        shift_a, shift_b = load_vector(SHIFT_ptr, dim, BLOCK_A, BLOCK_B)
+        xa, xb = load_rows(Y_ptr, rows, row_ok, stride_y, dim, BLOCK_A, BLOCK_B)
+        ha, hb = project_rows(xa, xb, mu_ta, mu_tb, mu_ia, mu_ib, scale, SCALED_IN, SCALED_MID)
+        oa, ob = unit_rows(ha + shift_a[None, :], hb + shift_b[None, :], False, SCALED_MID)
+        store_rows(OUT_ptr, rows, row_ok, dim, dim, oa, ob, BLOCK_A, BLOCK_B)
 
 
 def realign_apply_triton(
@@ -107,7 +113,7 @@ def realign_apply_triton(
     out = prepare_out("realign_apply_triton", out, n, d, out_dtype, y.device)
     if n == 0:
         return out
-    block_m, block_d, warps = row_blocks(d)
+    block_m, block_a, block_b, warps = row_blocks(d)
     _realign_apply_kernel[(triton.cdiv(n, block_m),)](
         y,
         mu_t.to(y.device, torch.float32).contiguous(),
@@ -115,7 +121,7 @@ def realign_apply_triton(
         shift.to(torch.float32).contiguous(),
         out, n, d, y.stride(0), s,
         SCALED_IN=needs_scaling(y.dtype), SCALED_MID=not bounded(s, mu_t, mu_i, mu_hat),
-        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+        BLOCK_M=block_m, BLOCK_A=block_a, BLOCK_B=block_b, num_warps=warps,
     )  # fmt: skip
     return out
 

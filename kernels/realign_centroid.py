@@ -26,7 +26,14 @@ if triton_available():
     import triton.language as tl
 
     from revision.kernels.realign_project import project_rows
-    from revision.kernels.triton_rows import needs_scaling, reduction_grid, row_blocks
+    from revision.kernels.triton_rows import (
+        load_rows,
+        load_vector,
+        needs_scaling,
+        reduction_grid,
+        row_blocks,
+        store_vector,
+    )
 
 
 def realign_centroid_ref(
@@ -53,25 +60,26 @@ if triton_available():
         SCALED_IN: tl.constexpr,
         SCALED_MID: tl.constexpr,
         BLOCK_M: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BLOCK_A: tl.constexpr,
+        BLOCK_B: tl.constexpr,
     ):
         pid = tl.program_id(0)
-        cols = tl.arange(0, BLOCK_D)
-        col_ok = cols < dim
-        mu_t = tl.load(MU_T_ptr + cols, mask=col_ok, other=0.0)
-        mu_i = tl.load(MU_I_ptr + cols, mask=col_ok, other=0.0)
+        mu_ta, mu_tb = load_vector(MU_T_ptr, dim, BLOCK_A, BLOCK_B)
+        mu_ia, mu_ib = load_vector(MU_I_ptr, dim, BLOCK_A, BLOCK_B)
         first = pid.to(tl.int64) * rows_per_program
         last = tl.minimum(first + rows_per_program, n_rows)
-        acc = tl.zeros((BLOCK_D,), dtype=tl.float64)
+        acc_a = tl.zeros((BLOCK_A,), dtype=tl.float64)
+        acc_b = tl.zeros((BLOCK_B,), dtype=tl.float64)
         for start in range(first, last, BLOCK_M):
             rows = start + tl.arange(0, BLOCK_M).to(tl.int64)
-            mask = (rows < last)[:, None] & col_ok[None, :]
-            x = tl.load(Y_ptr + rows[:, None] * stride_y + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            h = project_rows(x, mu_t, mu_i, scale, SCALED_IN, SCALED_MID)
-            h = tl.where(mask, h, 0.0)
+            row_ok = rows < last
+            xa, xb = load_rows(Y_ptr, rows, row_ok, stride_y, dim, BLOCK_A, BLOCK_B)
+            ha, hb = project_rows(xa, xb, mu_ta, mu_tb, mu_ia, mu_ib, scale, SCALED_IN, SCALED_MID)
+            # Rows past the end project to u(mu_i − s·mu_t), not 0: mask them. Lanes past D are 0.
             # fp32 within a block of BLOCK_M rows, float64 across blocks.
-            acc += tl.sum(h, axis=0).to(tl.float64)
-        tl.store(SUM_ptr + pid.to(tl.int64) * dim + cols, acc, mask=col_ok)
+            acc_a += tl.sum(tl.where(row_ok[:, None], ha, 0.0), axis=0).to(tl.float64)
+            acc_b += tl.sum(tl.where(row_ok[:, None], hb, 0.0), axis=0).to(tl.float64)
+        store_vector(SUM_ptr + pid.to(tl.int64) * dim, dim, acc_a, acc_b, BLOCK_A, BLOCK_B)
 
 
 def realign_centroid_triton(
@@ -87,7 +95,7 @@ def realign_centroid_triton(
         return 0, torch.zeros(d, dtype=torch.float64, device=y.device)
     if isinstance(s, torch.Tensor):
         return n, _project_matrix_device(y, mu_t, mu_i, s).sum(dim=0, dtype=torch.float64)
-    block_m, block_d, warps = row_blocks(d, elems=4096)
+    block_m, block_a, block_b, warps = row_blocks(d, elems=4096)
     programs, per_program = reduction_grid(n, block_m, y.device)
     sums = torch.empty(programs, d, dtype=torch.float64, device=y.device)
     mu_t32 = mu_t.to(y.device, torch.float32).contiguous()
@@ -95,7 +103,7 @@ def realign_centroid_triton(
     _realign_centroid_kernel[(programs,)](
         y, mu_t32, mu_i32, sums, n, d, y.stride(0), per_program, s,
         SCALED_IN=needs_scaling(y.dtype), SCALED_MID=not bounded(s, mu_t, mu_i),
-        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+        BLOCK_M=block_m, BLOCK_A=block_a, BLOCK_B=block_b, num_warps=warps,
     )  # fmt: skip
     return n, sums.sum(dim=0)
 

@@ -93,8 +93,9 @@ if triton_available():
     import triton
 
     @triton.jit
-    def project_rows(x, mu_t, mu_i, s, SCALED_IN: tl.constexpr, SCALED_MID: tl.constexpr):
-        """x: (BLOCK_M, BLOCK_D) fp32 raw rows; mu_t, mu_i: (BLOCK_D,) fp32, 0 past D → unit h rows."""
-        y = unit_rows(x, True, SCALED_IN)
-        h = mu_i[None, :] + s * (y - mu_t[None, :])
-        return unit_rows(h, False, SCALED_MID)
+    def project_rows(xa, xb, mu_ta, mu_tb, mu_ia, mu_ib, s, SCALED_IN: tl.constexpr, SCALED_MID: tl.constexpr):
+        """Raw rows as (xa, xb) fp32 column tiles; means likewise, 0 past D → unit h rows (ha, hb)."""
+        ya, yb = unit_rows(xa, xb, True, SCALED_IN)
+        ha = mu_ia[None, :] + s * (ya - mu_ta[None, :])
+        hb = mu_ib[None, :] + s * (yb - mu_tb[None, :])
+        return unit_rows(ha, hb, False, SCALED_MID)

@@ -19,7 +19,14 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from revision.kernels.triton_rows import needs_scaling, reduction_grid, row_blocks, unit_rows
+    from revision.kernels.triton_rows import (
+        load_rows,
+        needs_scaling,
+        reduction_grid,
+        row_blocks,
+        store_vector,
+        unit_rows,
+    )
 
 
 def row_stats_ref(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = False) -> Moments:
@@ -38,6 +45,22 @@ def row_stats_ref(x: torch.Tensor, *, normalize: bool = True, second_moment: boo
 if triton_available():
 
     @triton.jit
+    def _chan_update(mean, m2, count, cnt, x, valid):
+        """Merge one block's columns (x: (BLOCK_M, W) fp32, valid: its mask) into a float64 state.
+
+        The block's own mean and M2 are fp32, two-pass in registers; Chan's formula in float64.
+        """
+        bmean = tl.sum(x, axis=0) / cnt
+        dev = tl.where(valid, x - bmean[None, :], 0.0)
+        bm2 = tl.sum(dev * dev, axis=0)
+        cnt64 = cnt.to(tl.float64)
+        total = count + cnt64
+        delta = bmean.to(tl.float64) - mean
+        mean += delta * (cnt64 / total)
+        m2 += bm2.to(tl.float64) + delta * delta * (count * cnt64 / total)
+        return mean, m2
+
+    @triton.jit
     def _row_stats_kernel(
         X_ptr,  # (n_rows, dim) fp16/bf16/fp32, row stride stride_x
         COUNT_ptr,  # (n_programs,) int64: rows seen by each program
@@ -50,38 +73,33 @@ if triton_available():
         NORMALIZE: tl.constexpr,
         SCALED: tl.constexpr,
         BLOCK_M: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BLOCK_A: tl.constexpr,
+        BLOCK_B: tl.constexpr,
     ):
         pid = tl.program_id(0)
-        cols = tl.arange(0, BLOCK_D)
-        col_ok = cols < dim
+        ca = tl.arange(0, BLOCK_A)
+        cb = BLOCK_A + tl.arange(0, BLOCK_B)
         first = pid.to(tl.int64) * rows_per_program
         last = tl.minimum(first + rows_per_program, n_rows)
         count = tl.zeros((1,), dtype=tl.float64)
-        mean = tl.zeros((BLOCK_D,), dtype=tl.float64)
-        m2 = tl.zeros((BLOCK_D,), dtype=tl.float64)
+        mean_a = tl.zeros((BLOCK_A,), dtype=tl.float64)
+        m2_a = tl.zeros((BLOCK_A,), dtype=tl.float64)
+        mean_b = tl.zeros((BLOCK_B,), dtype=tl.float64)
+        m2_b = tl.zeros((BLOCK_B,), dtype=tl.float64)
         for start in range(first, last, BLOCK_M):
             rows = start + tl.arange(0, BLOCK_M).to(tl.int64)
             row_ok = rows < last
-            mask = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(X_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            xa, xb = load_rows(X_ptr, rows, row_ok, stride_x, dim, BLOCK_A, BLOCK_B)
             if NORMALIZE:
-                x = unit_rows(x, True, SCALED)
-            # The block's own (count, mean, M2) in fp32, two-pass in registers ...
+                xa, xb = unit_rows(xa, xb, True, SCALED)
             cnt = tl.sum(row_ok.to(tl.float32), axis=0)
-            bmean = tl.sum(x, axis=0) / cnt
-            dev = tl.where(mask, x - bmean[None, :], 0.0)
-            bm2 = tl.sum(dev * dev, axis=0)
-            # ... merged into the program's float64 state with Chan's formula.
-            cnt64 = cnt.to(tl.float64)
-            total = count + cnt64
-            delta = bmean.to(tl.float64) - mean
-            mean += delta * (cnt64 / total)
-            m2 += bm2.to(tl.float64) + delta * delta * (count * cnt64 / total)
-            count = total
+            mean_a, m2_a = _chan_update(mean_a, m2_a, count, cnt, xa, row_ok[:, None] & (ca < dim)[None, :])
+            mean_b, m2_b = _chan_update(mean_b, m2_b, count, cnt, xb, row_ok[:, None] & (cb < dim)[None, :])
+            count += cnt.to(tl.float64)
         tl.store(COUNT_ptr + pid + tl.arange(0, 1), count.to(tl.int64))
-        tl.store(MEAN_ptr + pid.to(tl.int64) * dim + cols, mean, mask=col_ok)
-        tl.store(M2_ptr + pid.to(tl.int64) * dim + cols, m2, mask=col_ok)
+        base = pid.to(tl.int64) * dim
+        store_vector(MEAN_ptr + base, dim, mean_a, mean_b, BLOCK_A, BLOCK_B)
+        store_vector(M2_ptr + base, dim, m2_a, m2_b, BLOCK_A, BLOCK_B)
 
 
 def combine_partials(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor) -> Moments:
@@ -105,14 +123,15 @@ def row_stats_triton(x: torch.Tensor, *, normalize: bool = True, second_moment: 
         return Moments.empty(d, second_moment=second_moment, device=x.device)
     if second_moment:
         return _with_comoment(x, normalize)
-    block_m, block_d, warps = row_blocks(d, elems=4096)
+    block_m, block_a, block_b, warps = row_blocks(d, elems=4096)
     programs, per_program = reduction_grid(n, block_m, x.device)
     counts = torch.empty(programs, dtype=torch.int64, device=x.device)
     means = torch.empty(programs, d, dtype=torch.float64, device=x.device)
     m2s = torch.empty(programs, d, dtype=torch.float64, device=x.device)
     _row_stats_kernel[(programs,)](
         x, counts, means, m2s, n, d, x.stride(0), per_program,
-        NORMALIZE=normalize, SCALED=needs_scaling(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+        NORMALIZE=normalize, SCALED=needs_scaling(x.dtype),
+        BLOCK_M=block_m, BLOCK_A=block_a, BLOCK_B=block_b, num_warps=warps,
     )  # fmt: skip
     return combine_partials(counts, means, m2s)
 

@@ -22,9 +22,12 @@ if triton_available():
     from revision.kernels.triton_rows import (
         BOUNDED_PARAMETER,
         gaussian_noise,
+        load_rows,
+        load_vector,
         needs_scaling,
         row_blocks,
         row_keys,
+        store_rows,
         unit_rows,
     )
 
@@ -70,24 +73,28 @@ if triton_available():
         SCALED_OUT: tl.constexpr,
         NOISE: tl.constexpr,
         BLOCK_M: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BLOCK_A: tl.constexpr,
+        BLOCK_B: tl.constexpr,
     ):
         pid = tl.program_id(0)
         rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        cols = tl.arange(0, BLOCK_D)
-        col_ok = cols < dim
-        mask = (rows < n_rows)[:, None] & col_ok[None, :]
-        x = tl.load(X_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        row_ok = rows < n_rows
+        xa, xb = load_rows(X_ptr, rows, row_ok, stride_x, dim, BLOCK_A, BLOCK_B)
         if NORMALIZE_IN:
-            x = unit_rows(x, True, SCALED_IN)
-        v = x + tl.load(SHIFT_ptr + cols, mask=col_ok, other=0.0)[None, :]
+            xa, xb = unit_rows(xa, xb, True, SCALED_IN)
+        shift_a, shift_b = load_vector(SHIFT_ptr, dim, BLOCK_A, BLOCK_B)
+        va = xa + shift_a[None, :]
+        vb = xb + shift_b[None, :]
         if NOISE:
+            ca = tl.arange(0, BLOCK_A)
+            cb = BLOCK_A + tl.arange(0, BLOCK_B)
             keys = row_keys(seed_key, row_offset + rows)
-            v += sigma * gaussian_noise(keys, cols)
-        v = tl.where(mask, v, 0.0)
+            # Lanes past D must stay 0 for the norm.
+            va += tl.where((ca < dim)[None, :], sigma * gaussian_noise(keys, ca), 0.0)
+            vb += tl.where((cb < dim)[None, :], sigma * gaussian_noise(keys, cb), 0.0)
         if NORMALIZE_OUT:
-            v = unit_rows(v, True, SCALED_OUT)
-        tl.store(OUT_ptr + rows[:, None] * dim + cols[None, :], v.to(OUT_ptr.dtype.element_ty), mask=mask)
+            va, vb = unit_rows(va, vb, True, SCALED_OUT)
+        store_rows(OUT_ptr, rows, row_ok, dim, dim, va, vb, BLOCK_A, BLOCK_B)
 
 
 def _check(op: str, x: torch.Tensor, shift: torch.Tensor, row_offset: int, out_dtype: torch.dtype) -> None:
@@ -117,7 +124,7 @@ def shift_rows_triton(
     out = prepare_out("shift_rows_triton", out, n, d, out_dtype, x.device)
     if n == 0:
         return out
-    block_m, block_d, warps = row_blocks(d)
+    block_m, block_a, block_b, warps = row_blocks(d)
     # Unit input rows plus a modest shift and noise stay small; raw rows may be anything.
     small = normalize_in or not needs_scaling(x.dtype)
     scaled_out = not (small and float(shift.abs().max()) <= BOUNDED_PARAMETER and abs(sigma) <= BOUNDED_PARAMETER)
@@ -126,7 +133,7 @@ def shift_rows_triton(
         row_offset, seed_key(seed), float(sigma),
         NORMALIZE_IN=normalize_in, NORMALIZE_OUT=normalize_out, NOISE=sigma != 0.0,
         SCALED_IN=needs_scaling(x.dtype), SCALED_OUT=scaled_out,
-        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+        BLOCK_M=block_m, BLOCK_A=block_a, BLOCK_B=block_b, num_warps=warps,
     )  # fmt: skip
     return out
 

@@ -28,22 +28,27 @@ def _env_int(name: str) -> int | None:
     return int(value)
 
 
-def row_blocks(dim: int, *, elems: int = 8192) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_D, num_warps) for kernels that hold BLOCK_M whole rows in registers.
+def row_blocks(dim: int, *, elems: int = 8192) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_A, BLOCK_B, num_warps) for kernels that hold BLOCK_M whole rows in registers.
 
-    `elems` is the default register tile (rows x padded width); REVISION_TRITON_ELEMS and
-    REVISION_TRITON_WARPS override it for tuning on a new GPU (bench_kernels.py --sweep). The
-    choice depends on D only, never on the row count, so per-row results do not depend on it.
+    A row is held as two power-of-two column tiles, BLOCK_A (the largest power of two ≤ D)
+    and BLOCK_B (the rest, rounded up): 1280 = 1024 + 256 wastes no lanes where one tile of
+    2048 would waste 37%. `elems` is the default register tile (rows × lanes);
+    REVISION_TRITON_ELEMS and REVISION_TRITON_WARPS override it for tuning on a new GPU
+    (bench_kernels.py --sweep). The choice depends on D only, never on the row count, so
+    per-row results do not depend on it.
     """
     if dim > MAX_DIM:
         raise ValueError(f"dim={dim} exceeds the kernels' maximum row width {MAX_DIM}")
     elems = _env_int("REVISION_TRITON_ELEMS") or elems
-    block_d = triton.next_power_of_2(max(dim, 16))
-    block_m = max(1, min(128, elems // block_d))
-    warps = 4 if block_m * block_d <= 4096 else 8
-    if block_d >= 16384:
+    block_a = max(16, 1 << (max(dim, 1).bit_length() - 1))
+    block_b = triton.next_power_of_2(dim - block_a) if dim > block_a else 1
+    lanes = block_a + block_b if dim > block_a else block_a
+    block_m = max(1, min(128, triton.next_power_of_2(elems // lanes + 1) // 2))
+    warps = 4 if block_m * lanes <= 4096 else 8
+    if lanes >= 16384:
         warps = 16
-    return block_m, block_d, _env_int("REVISION_TRITON_WARPS") or warps
+    return block_m, block_a, block_b, _env_int("REVISION_TRITON_WARPS") or warps
 
 
 def reduction_grid(n: int, block_m: int, device: torch.device) -> tuple[int, int]:
@@ -64,8 +69,55 @@ def reduction_grid(n: int, block_m: int, device: torch.device) -> tuple[int, int
 
 
 @triton.jit
-def unit_rows(x, CLEAN: tl.constexpr, SCALED: tl.constexpr):
-    """x: (BLOCK_M, BLOCK_D) fp32, masked lanes 0 → rows scaled to unit L2 norm.
+def load_rows(ptr, rows, row_ok, stride, dim, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Rows `rows` (BLOCK_M,) int64 of a (n, dim) matrix → (xa, xb) fp32, masked lanes 0.
+
+    Upcast right after the load: all arithmetic is fp32 (the interpreter mishandles bf16 math).
+    """
+    ca = tl.arange(0, BLOCK_A)
+    cb = BLOCK_A + tl.arange(0, BLOCK_B)
+    base = ptr + rows[:, None] * stride
+    xa = tl.load(base + ca[None, :], mask=row_ok[:, None] & (ca < dim)[None, :], other=0.0).to(tl.float32)
+    xb = tl.load(base + cb[None, :], mask=row_ok[:, None] & (cb < dim)[None, :], other=0.0).to(tl.float32)
+    return xa, xb
+
+
+@triton.jit
+def store_rows(ptr, rows, row_ok, stride, dim, ya, yb, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Store (ya, yb) into rows `rows` of a (n, dim) matrix, one cast to its dtype."""
+    ca = tl.arange(0, BLOCK_A)
+    cb = BLOCK_A + tl.arange(0, BLOCK_B)
+    base = ptr + rows[:, None] * stride
+    ty = ptr.dtype.element_ty
+    tl.store(base + ca[None, :], ya.to(ty), mask=row_ok[:, None] & (ca < dim)[None, :])
+    tl.store(base + cb[None, :], yb.to(ty), mask=row_ok[:, None] & (cb < dim)[None, :])
+
+
+@triton.jit
+def load_vector(ptr, dim, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """A (dim,) fp32 vector → (va, vb), 0 past dim."""
+    ca = tl.arange(0, BLOCK_A)
+    cb = BLOCK_A + tl.arange(0, BLOCK_B)
+    return tl.load(ptr + ca, mask=ca < dim, other=0.0), tl.load(ptr + cb, mask=cb < dim, other=0.0)
+
+
+@triton.jit
+def store_vector(ptr, dim, va, vb, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    ca = tl.arange(0, BLOCK_A)
+    cb = BLOCK_A + tl.arange(0, BLOCK_B)
+    tl.store(ptr + ca, va, mask=ca < dim)
+    tl.store(ptr + cb, vb, mask=cb < dim)
+
+
+@triton.jit
+def _clean(x):
+    # NaN fails every comparison, so one test clears NaN and ±Inf.
+    return tl.where(tl.abs(x) < float("inf"), x, 0.0)
+
+
+@triton.jit
+def unit_rows(xa, xb, CLEAN: tl.constexpr, SCALED: tl.constexpr):
+    """Rows held as (xa, xb) fp32 tiles, masked lanes 0 → the same rows scaled to unit L2 norm.
 
     The reference's rule: NaN/±Inf → 0 (when CLEAN), divide by the row's max-abs before the
     norm so nothing overflows (when SCALED), rows whose norm is below 1e-10 are left as they
@@ -73,23 +125,30 @@ def unit_rows(x, CLEAN: tl.constexpr, SCALED: tl.constexpr):
     then the plain sum of squares neither overflows nor loses a row above the floor.
     """
     if CLEAN:
-        # NaN fails every comparison, so one test clears NaN and ±Inf.
-        x = tl.where(tl.abs(x) < float("inf"), x, 0.0)
+        xa = _clean(xa)
+        xb = _clean(xb)
     if SCALED:
-        m = tl.max(tl.abs(x), axis=1)
+        m = tl.maximum(tl.max(tl.abs(xa), axis=1), tl.max(tl.abs(xb), axis=1))
         # Below 1e-30 the row's norm is under the 1e-10 floor for any width, so it is kept as
         # is; the cut also keeps 1/m finite (a subnormal max-abs would overflow it).
         safe = tl.where(m > 1e-30, m, 1.0)
-        z = x * (1.0 / safe)[:, None]
-        ss = tl.sum(z * z, axis=1)
+        inv = 1.0 / safe
+        za = xa * inv[:, None]
+        zb = xb * inv[:, None]
+        ss = tl.sum(za * za, axis=1) + tl.sum(zb * zb, axis=1)
         ss_safe = tl.where(ss > 0.0, ss, 1.0)
-        keep = tl.sqrt(ss_safe) * safe < 1e-10
-        y = tl.where(keep[:, None], x, z * (1.0 / tl.sqrt(ss_safe))[:, None])
+        keep = (tl.sqrt(ss_safe) * safe < 1e-10)[:, None]
+        r = (1.0 / tl.sqrt(ss_safe))[:, None]
+        ya = tl.where(keep, xa, za * r)
+        yb = tl.where(keep, xb, zb * r)
     else:
-        ss = tl.sum(x * x, axis=1)
-        keep = ss < 1e-20
-        y = tl.where(keep[:, None], x, x * (1.0 / tl.sqrt(tl.where(keep, 1.0, ss)))[:, None])
-    return y
+        ss = tl.sum(xa * xa, axis=1) + tl.sum(xb * xb, axis=1)
+        keep1 = ss < 1e-20
+        keep = keep1[:, None]
+        r = (1.0 / tl.sqrt(tl.where(keep1, 1.0, ss)))[:, None]
+        ya = tl.where(keep, xa, xa * r)
+        yb = tl.where(keep, xb, xb * r)
+    return ya, yb
 
 
 def needs_scaling(dtype: torch.dtype) -> bool:
