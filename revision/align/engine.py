@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 
@@ -24,7 +24,7 @@ from revision.align.stats import AlignStats, save_stats
 from revision.errors import UserError
 from revision.store import FeatureStore, StoreConfig
 
-StoreLike = FeatureStore | str | os.PathLike[str]
+StoreLike: TypeAlias = "FeatureStore | str | os.PathLike[str]"
 
 #: Test hook for the kill-and-resume test: sleep this long after each commit of pass 3.
 _PAUSE_ENV = "REVISION_ALIGN_PAUSE_AFTER_COMMIT"
@@ -88,7 +88,7 @@ def fit_stores(
     t = _open(text, "--text")
     i = _open(image, "--image") if image is not None else None
     _check_inputs(t, i, method)
-    common = {"strict": config.strict, "block_rows": config.block_rows, "progress": config.progress}
+    common: dict[str, Any] = {"strict": config.strict, "block_rows": config.block_rows, "progress": config.progress}
     tm, t_time = moments_pass(t, second_moment=method.covariance, desc="pass 1 text", **common)
     timings = [t_time]
     im = None

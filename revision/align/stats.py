@@ -130,7 +130,7 @@ def save_stats(stats: AlignStats, path: str | os.PathLike[str]) -> Path:
     doc["sidecar"] = None
     if matrices:
         buf = io.BytesIO()
-        np.savez(buf, **matrices)
+        np.savez(buf, **matrices)  # type: ignore[arg-type]
         data = buf.getvalue()
         side = sidecar_path(p)
         atomic_write_bytes(side, data)  # before the JSON: a JSON on disk never names a missing sidecar
