@@ -80,10 +80,42 @@ def _store_ref(st: FeatureStore) -> dict[str, Any]:
     return {"path": str(st.path), "rows": st.rows, "dim": st.dim, "dtype": st.dtype, "chunk_rows": st.chunk_rows}
 
 
+def centroid_pass(text: StoreLike, stats: AlignStats, config: AlignConfig) -> tuple[AlignStats, PassTiming]:
+    """Pass 2 over `text` with fixed pass-1 statistics: the column sums of the projected rows.
+
+    On a shard of a larger text set, run it with the merged pass-1 statistics of all shards, then
+    `revision.align.shards.merge_centroids` the results.
+    """
+    t = _open(text, "--text")
+    method = get_method(stats.method)
+    if stats.dim != t.dim:
+        raise UserError(f"--text {t.path} has dim {t.dim}, the statistics have dim {stats.dim}")
+    t0 = time.perf_counter()
+    n_hat = 0
+    sum_h = torch.zeros(t.dim, dtype=torch.float64)
+    for _, block in iter_blocks(t, block_rows=config.block_rows, desc="pass 2 centroid", progress=config.progress):
+        n, s = method.centroid_sums(block, stats)
+        n_hat += n
+        sum_h += s
+    if not bool(torch.isfinite(sum_h).all()):
+        raise UserError(f"--text {t.path}: the projected rows hold non-finite values (pass 2)")
+    nbytes = t.rows * t.dim * t.np_dtype.itemsize
+    return stats.with_centroid(n_hat, sum_h), PassTiming("pass 2 centroid", t.rows, nbytes, time.perf_counter() - t0)
+
+
 def fit_stores(
-    text: StoreLike, image: StoreLike | None, config: AlignConfig, *, stats_path: str | os.PathLike[str] | None = None
+    text: StoreLike,
+    image: StoreLike | None,
+    config: AlignConfig,
+    *,
+    stats_path: str | os.PathLike[str] | None = None,
+    centroid: bool = True,
 ) -> tuple[AlignStats, list[PassTiming]]:
-    """Passes 1–2: the method's statistics (saved to `stats_path` when given) and the pass timings."""
+    """Passes 1–2: the method's statistics (saved to `stats_path` when given) and the pass timings.
+
+    `centroid=False` stops after pass 1 (for shards: merge with `shards.merge_pass1`, then run
+    `centroid_pass` per shard against the merged statistics).
+    """
     method = get_method(config.method)
     t = _open(text, "--text")
     i = _open(image, "--image") if image is not None else None
@@ -96,20 +128,9 @@ def fit_stores(
         im, i_time = moments_pass(i, second_moment=method.covariance, desc="pass 1 image", **common)
         timings.append(i_time)
     stats = method.derive(tm, im, config, where=f"--text {t.path}")
-    if method.centroid:
-        t0 = time.perf_counter()
-        n_hat = 0
-        sum_h = torch.zeros(t.dim, dtype=torch.float64)
-        for _, block in iter_blocks(t, block_rows=config.block_rows, desc="pass 2 centroid", progress=config.progress):
-            n, s = method.centroid_sums(block, stats)
-            n_hat += n
-            sum_h += s
-        if not bool(torch.isfinite(sum_h).all()):
-            raise UserError(f"--text {t.path}: the projected rows hold non-finite values (pass 2)")
-        stats = stats.with_centroid(n_hat, sum_h)
-        timings.append(
-            PassTiming("pass 2 centroid", t.rows, t.rows * t.dim * t.np_dtype.itemsize, time.perf_counter() - t0)
-        )
+    if method.centroid and centroid:
+        stats, timing = centroid_pass(t, stats, config)
+        timings.append(timing)
     stats = replace(
         stats,
         inputs={"text": _store_ref(t), "image": None if i is None else _store_ref(i)},
