@@ -18,7 +18,7 @@ from revision.kernels.realign_project import (
     check_scale,
     realign_project_ref,
 )
-from revision.kernels.rows_cpu import TileBuffers, inverse_norms_, map_row_parts, tiles
+from revision.kernels.rows_cpu import inverse_norms_, map_row_parts, tiles
 from revision.kernels.unit_rule import unit_rows_ref
 
 if triton_available():
@@ -146,13 +146,14 @@ def realign_apply_torch(
     if y.device.type != "cpu":
         return out.copy_(realign_apply_ref(y, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype))
     project = ProjectionTorch(mu_t, mu_i, s)
-    shift = (mu_i.to("cpu", torch.float64) - mu_hat.to("cpu", torch.float64)).float()
+    shift64 = mu_i.to("cpu", torch.float64) - mu_hat.to("cpu", torch.float64)
+    shift32 = shift64.float()
 
     def work(first: int, last: int) -> None:
-        buffers = TileBuffers(d)
+        buffers = project.buffers(d)
         for start, stop in tiles(last, d, first=first):
-            h, r2 = project(buffers.load(y[start:stop]))
-            g = torch.addcmul(shift, h, r2[:, None], out=h)
+            h, r2 = project(buffers, y[start:stop])
+            g = torch.addcmul(shift64 if h.dtype == torch.float64 else shift32, h, r2[:, None], out=h)
             r3 = inverse_norms_(g)
             torch.mul(g, r3[:, None], out=out[start:stop])
 

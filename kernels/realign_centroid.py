@@ -19,7 +19,7 @@ from revision.kernels.realign_project import (
     check_scale,
     realign_project_ref,
 )
-from revision.kernels.rows_cpu import TileBuffers, map_row_parts, tiles
+from revision.kernels.rows_cpu import map_row_parts, tiles
 
 if triton_available():
     import triton
@@ -136,12 +136,11 @@ def realign_centroid_torch(
 
     def work(first: int, last: int) -> torch.Tensor:
         part = torch.zeros(d, dtype=torch.float64)
-        buffers = TileBuffers(d, f64=True)
+        buffers = project.buffers(d, f64=True)
         assert buffers.f64 is not None
         for start, stop in tiles(last, d, first=first):
-            h, r2 = project(buffers.load(y[start:stop]))
-            h64 = buffers.f64[: stop - start]
-            h64.copy_(h)
+            h, r2 = project(buffers, y[start:stop])
+            h64 = h if h.dtype == torch.float64 else buffers.f64[: stop - start].copy_(h)
             # Σ_rows r2 · h in float64: the row scaling rides along in the matrix-vector product.
             part.addmv_(h64.T, r2.to(torch.float64))
         return part

@@ -10,7 +10,7 @@ import torch
 
 from revision.kernels.backend import triton_available
 from revision.kernels.launch import check_vector
-from revision.kernels.rows_cpu import inverse_norms_
+from revision.kernels.rows_cpu import TileBuffers, inverse_norms_
 from revision.kernels.unit_rule import unit_rows_ref
 
 if triton_available():
@@ -65,27 +65,38 @@ class ProjectionTorch:
     def __init__(self, mu_t: torch.Tensor, mu_i: torch.Tensor, scale: float | torch.Tensor) -> None:
         self.matrix: torch.Tensor | None = None
         if isinstance(scale, torch.Tensor):
-            # realign-ot: h = (mu_i − mu_t @ A) + u(y) @ A, the matrix product in fp32.
-            a64 = scale.to("cpu", torch.float64)
-            self.matrix = a64.to(torch.float32)
-            self.offset = (mu_i.to("cpu", torch.float64) - mu_t.to("cpu", torch.float64) @ a64).float()
+            # realign-ot: h = (mu_i − mu_t @ A) + u(y) @ A in float64 (see __call__).
+            self.matrix = scale.to("cpu", torch.float64).contiguous()
+            self.offset = mu_i.to("cpu", torch.float64) - mu_t.to("cpu", torch.float64) @ self.matrix
             self.scale = 1.0
         else:
             self.scale = float(scale)
             self.offset = (mu_i.to("cpu", torch.float64) - self.scale * mu_t.to("cpu", torch.float64)).float()
 
-    def __call__(self, tile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tile: (t, D) fp32, raw input rows → (h, r2): unit projected rows are h * r2[:, None].
+    def buffers(self, dim: int, *, f64: bool = False) -> TileBuffers:
+        """Scratch tiles for one thread's share of the rows (the matrix product needs float64 tiles)."""
+        matrix = self.matrix is not None
+        return TileBuffers(dim, f64=f64 or matrix, second=matrix)
 
-        Edits `tile` in place; `h` may be `tile` itself.
+    def __call__(self, buffers: TileBuffers, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src: (t, D) raw input rows → (h, r2): unit projected rows are h * r2[:, None].
+
+        `h` is a view of the scratch tiles: fp32 for a scalar scale, float64 for a matrix. A BLAS
+        product's rounding depends on where a row sits in the matrix (blocking, vector lanes),
+        so an fp32 product would make rows depend on the chunking; in float64 the differences
+        stay ~1e-16, far below the float64 sums' tolerance and the fp32 output's resolution.
         """
+        tile = buffers.load(src)
         r = inverse_norms_(tile)
         if self.matrix is None:
             coef = (r * self.scale)[:, None]
-            h = torch.addcmul(self.offset, tile, coef, out=tile)
-        else:
-            tile.mul_(r[:, None])
-            h = torch.addmm(self.offset, tile, self.matrix)
+            return (h := torch.addcmul(self.offset, tile, coef, out=tile)), inverse_norms_(h)
+        assert buffers.f64 is not None and buffers.second is not None
+        t = src.shape[0]
+        u64 = buffers.f64[:t]
+        u64.copy_(tile)
+        u64.mul_(r[:, None])
+        h = torch.addmm(self.offset, u64, self.matrix, out=buffers.second[:t])
         return h, inverse_norms_(h)
 
 

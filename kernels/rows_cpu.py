@@ -46,7 +46,7 @@ def tiles(n: int, dim: int, tile_bytes: int | None = None, *, first: int = 0) ->
 
 
 def inverse_norms_(x: torch.Tensor) -> torch.Tensor:
-    """x: (t, D) fp32 contiguous, edited in place on exceptional rows → (t,) fp32 row factors.
+    """x: (t, D) fp32 (or f64) contiguous, edited in place on exceptional rows → (t,) row factors.
 
     Returns r such that `x * r[:, None]` is the rule's unit rows. Rows outside the fast range
     are replaced in `x` by their exact unit rows (from the float64 rule) and get r = 1.
@@ -56,7 +56,7 @@ def inverse_norms_(x: torch.Tensor) -> torch.Tensor:
     # One min/max decides for the whole tile (NaN fails both tests); the row test only on failure.
     if not (float(lo) >= _NORM_LOW and float(hi) <= _NORM_HIGH):
         bad = torch.nonzero(~((norms >= _NORM_LOW) & (norms <= _NORM_HIGH))).flatten()
-        x[bad] = unit_rows_ref(x[bad]).to(torch.float32)
+        x[bad] = unit_rows_ref(x[bad]).to(x.dtype)
         norms[bad] = 1.0
     return norms.reciprocal_()
 
@@ -70,10 +70,12 @@ def unit_rows_(x: torch.Tensor) -> torch.Tensor:
 class TileBuffers:
     """Reused fp32/fp64 scratch tiles for one op call (allocated once, not per tile)."""
 
-    def __init__(self, dim: int, *, rows: int | None = None, f64: bool = False) -> None:
+    def __init__(self, dim: int, *, rows: int | None = None, f64: bool = False, second: bool = False) -> None:
         self.rows = rows or tile_rows(dim)
-        self.f32 = torch.empty(self.rows, dim, dtype=torch.float32)
+        # Zeroed once: rows past a short last tile stay finite when a whole-buffer GEMM reads them.
+        self.f32 = torch.zeros(self.rows, dim, dtype=torch.float32)
         self.f64 = torch.empty(self.rows, dim, dtype=torch.float64) if f64 else None
+        self.second = torch.empty(self.rows, dim, dtype=torch.float64) if second else None
 
     def load(self, src: torch.Tensor) -> torch.Tensor:
         """src: (t ≤ rows, D) any float dtype → fp32 view of the scratch tile holding it."""
@@ -116,11 +118,13 @@ def map_row_parts(n: int, dim: int, work: Callable[[int, int], T]) -> list[T]:
 
     Parts are whole numbers of tiles, so per-row results are the same as in one sequential sweep.
     """
+    if n == 0:
+        return []
     step = tile_rows(dim)
     n_tiles = -(-n // step)
+    # Even a single part runs on a pool thread: every tile op then runs single-threaded, so
+    # results never depend on the caller's thread count (BLAS splits work by thread count).
     parts = max(1, min(torch.get_num_threads(), n_tiles))
-    if parts == 1:
-        return [work(0, n)]
     per = -(-n_tiles // parts) * step
     bounds = [(a, min(n, a + per)) for a in range(0, n, per)]
     pool = _tile_pool()

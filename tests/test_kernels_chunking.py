@@ -162,3 +162,23 @@ def test_fast_noise_is_the_reference_noise(n: int, d: int, seed: int, offset: in
     want = K.gaussian_noise_ref(seed, offset, n, d)
     got = gaussian_noise_into(torch.empty(n, d), seed, offset, NoiseScratch(n + 3, d))
     assert torch.equal(got, want), f"max |Δ| {(got - want).abs().max():.3e}"
+
+
+@settings(max_examples=10, deadline=None)
+@given(chunked())
+def test_realign_ot_chunking(case: tuple[torch.Tensor, list[int]]) -> None:
+    """realign-ot (a (D, D) matrix): sums to 1e-12 and rows to one fp32 ulp whatever the chunking,
+    although BLAS rounding depends on where a row sits in the product (float64 keeps it ~1e-16)."""
+    x, bounds = case
+    d = x.shape[1]
+    g = torch.Generator().manual_seed(d + 1)
+    mu_t, mu_i, mu_hat = 0.05 * torch.randn(3, d, generator=g, dtype=torch.float64)
+    a = torch.eye(d, dtype=torch.float64) * 0.9 + 0.02 * torch.randn(d, d, generator=g, dtype=torch.float64)
+    out_all = K.realign_apply(x, mu_t, mu_i, a, mu_hat)
+    _, sum_all = K.realign_centroid(x, mu_t, mu_i, a)
+    total = torch.zeros(d, dtype=torch.float64)
+    for start, piece in _pieces(x, bounds):
+        total += K.realign_centroid(piece, mu_t, mu_i, a)[1]
+        got = K.realign_apply(piece, mu_t, mu_i, a, mu_hat)
+        assert_close(got, out_all[start : start + piece.shape[0]], atol=1e-7, rtol=1.2e-7, what="realign-ot rows")
+    assert _rel(total, sum_all) < 1e-12, f"Σ h rel diff {_rel(total, sum_all):.2e}"
