@@ -101,12 +101,9 @@ def realign_apply_triton(
     s = check_scale("realign_apply_triton", scale, d)
     shift = mu_i.to(y.device, torch.float64) - mu_hat.to(y.device, torch.float64)
     if isinstance(s, torch.Tensor):
-        from revision.kernels.normalize import normalize_rows
         from revision.kernels.realign_centroid import _project_matrix_device
 
-        h = _project_matrix_device(y, mu_t, mu_i, s)
-        h += shift.to(torch.float32)
-        result = normalize_rows(h).to(out_dtype)
+        result = unit_rows_ref(_project_matrix_device(y, mu_t, mu_i, s) + shift).to(out_dtype)
         return (
             result if out is None else prepare_out("realign_apply_triton", out, n, d, out_dtype, y.device).copy_(result)
         )

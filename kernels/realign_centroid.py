@@ -20,6 +20,7 @@ from revision.kernels.realign_project import (
     realign_project_ref,
 )
 from revision.kernels.rows_cpu import map_row_parts, tiles
+from revision.kernels.unit_rule import unit_rows_ref
 
 if triton_available():
     import triton
@@ -109,13 +110,15 @@ def realign_centroid_triton(
 
 
 def _project_matrix_device(y: torch.Tensor, mu_t: torch.Tensor, mu_i: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """realign-ot on the tensor's device: fp32 GEMM of the centred unit rows, then the unit rule."""
+    """realign-ot on the tensor's device → h float64 (n, D): the kernel's unit rows, then a float64
+    GEMM (BLAS rounding depends on a row's place in the product; float64 keeps that ~1e-16) and
+    the float64 unit rule. Compute-bound (D² per row) rather than memory-bound."""
     from revision.kernels.normalize import normalize_rows
 
-    u = normalize_rows(y)
-    u -= mu_t.to(u.device, torch.float32)
-    h = torch.addmm(mu_i.to(u.device, torch.float32), u, a.to(u.device, torch.float32))
-    return normalize_rows(h)
+    u = normalize_rows(y).to(torch.float64)
+    u -= mu_t.to(u.device, torch.float64)
+    h = torch.addmm(mu_i.to(u.device, torch.float64), u, a.to(u.device, torch.float64))
+    return unit_rows_ref(h)
 
 
 def realign_centroid_torch(
