@@ -136,15 +136,45 @@ def row_stats_triton(x: torch.Tensor, *, normalize: bool = True, second_moment: 
     return combine_partials(counts, means, m2s)
 
 
-def _with_comoment(x: torch.Tensor, normalize: bool) -> Moments:
-    """Whole-chunk two-pass moments with the D×D co-moment as one float64 GEMM (bounded by the chunk)."""
-    v = normalize_rows(x) if normalize else x
+def _block_comoment(v: torch.Tensor) -> Moments:
+    """Two-pass float64 moments of one block of rows, with the co-moment as one float64 GEMM."""
     v64 = v.to(torch.float64)
     mean = v64.mean(dim=0)
     v64 -= mean
     como = v64.T @ v64
-    m2 = (v64 * v64).sum(dim=0)
-    return Moments(x.shape[0], mean, m2, como)
+    m2 = torch.diagonal(como).clone()
+    return Moments(v.shape[0], mean, m2, como)
+
+
+# Rows per float64 block of the co-moment pass: bounds its temporaries (8 bytes × rows × D).
+COMOMENT_BLOCK_ROWS = 16384
+
+
+def _with_comoment(x: torch.Tensor, normalize: bool) -> Moments:
+    """Moments with the D×D co-moment (realign-ot), block by block, merged with Chan's formula.
+
+    The pass is compute-bound (D² multiply-adds per row) and runs in float64 GEMMs; memory is
+    bounded by the block, never by the chunk. On CPU each thread takes whole tiles.
+    """
+    n, d = x.shape
+    total = Moments.empty(d, second_moment=True, device=x.device)
+    if x.device.type == "cpu":
+
+        def work(first: int, last: int) -> Moments:
+            part = Moments.empty(d, second_moment=True)
+            for s, e in tiles(last, d, first=first):
+                piece = x[s:e]
+                v = unit_rows_(piece.to(torch.float32, copy=True)) if normalize else piece
+                part = merge_moments(part, _block_comoment(v))
+            return part
+
+        for part in map_row_parts(n, d, work):
+            total = merge_moments(total, part)
+        return total
+    for s in range(0, n, COMOMENT_BLOCK_ROWS):
+        piece = x[s : s + COMOMENT_BLOCK_ROWS]
+        total = merge_moments(total, _block_comoment(normalize_rows(piece) if normalize else piece))
+    return total
 
 
 def row_stats_torch(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = False) -> Moments:

@@ -72,7 +72,7 @@ def test_row_stats_torch(shape: tuple[int, int], dtype: torch.dtype) -> None:
         assert_close(got.m2, want.m2, atol=1e-6 * want.n, rtol=1e-5, what="m2")
 
 
-@pytest.mark.parametrize("shape", [(7, 257), (300, 48)], ids=str)
+@pytest.mark.parametrize("shape", [(7, 257), (300, 48), (2000, 48)], ids=str)
 def test_row_stats_second_moment(shape: tuple[int, int]) -> None:
     x = _rows(*shape, torch.float16)
     got = K.row_stats_torch(x, second_moment=True)
