@@ -21,6 +21,7 @@ from revision.align.config import AlignConfig
 from revision.align.methods import Method, get_method, torch_dtype
 from revision.align.passes import PassTiming, iter_blocks, moments_pass, screen_block
 from revision.align.stats import AlignStats, save_stats
+from revision.align.writebehind import WriteBehind
 from revision.errors import UserError
 from revision.store import FeatureStore, StoreConfig
 
@@ -217,6 +218,7 @@ def apply_stats(
     pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
     columns = list(t.metadata_columns)
     t0 = time.perf_counter()
+    writes = WriteBehind()
     try:
         for row0, block in iter_blocks(
             t, start=start, block_rows=config.block_rows, desc="pass 3 apply", progress=config.progress
@@ -226,24 +228,31 @@ def apply_stats(
             n = block.shape[0]
             aligned = method.apply(block, row0, stats, out_dtype)
             meta = {name: t.read_metadata(name, row0, row0 + n) for name in columns}
-            dst.append(aligned, t.read_ids(row0, row0 + n), meta)
+            writes.submit(dst.append, aligned, t.read_ids(row0, row0 + n), meta)
             done = row0 + n
             if done >= next_commit and done < t.rows:
-                dst.commit(progress={"job": "align-apply", "stats": digest, "source_rows": t.rows, "next_row": done})
+                writes.submit(
+                    dst.commit,
+                    progress={"job": "align-apply", "stats": digest, "source_rows": t.rows, "next_row": done},
+                )
                 next_commit = (done // commit_every + 1) * commit_every
                 if pause:
+                    writes.drain()
                     print(f"committed {done} rows", flush=True)
                     time.sleep(pause)
         final = {"job": "align-apply", "stats": digest, "source_rows": t.rows, "next_row": t.rows, "done": True}
-        dst.commit(progress=final, attrs={"alignment": stats.header()})
+        writes.submit(dst.commit, progress=final, attrs={"alignment": stats.header()})
+        writes.drain()
     except UserError:
         # Bad input found mid-way (strict screening): a store this run created is removed, so no
         # half-aligned output is left behind. A resumed store keeps its committed rows.
+        writes.close()
         dst.close()
         if created:
             shutil.rmtree(out_p, ignore_errors=True)
         raise
     finally:
+        writes.close()
         dst.close()
     nbytes = (t.rows - start) * t.dim * t.np_dtype.itemsize
     timing = PassTiming("pass 3 apply", t.rows - start, nbytes, time.perf_counter() - t0)
