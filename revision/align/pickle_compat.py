@@ -96,6 +96,9 @@ class _Loader:
         self.dim_file: Path | None = None
         self.loads = 0
         self._last: tuple[Path, list[dict[str, Any]], list[int]] | None = None
+        # Files already checked and free of None vectors: a reload skips the check. One int per file
+        # (files with None vectors, rare, are checked again instead of keeping their index lists).
+        self._whole: dict[Path, int] = {}
 
     def get(self, path: Path) -> tuple[list[dict[str, Any]], list[int]]:
         """(records, indices of the records that have a vector)."""
@@ -104,7 +107,12 @@ class _Loader:
         self._last = None  # free the previous file before loading the next: one file in memory
         records = load_reference_pickle(path)
         self.loads += 1
-        kept = self._check(path, records)
+        if self._whole.get(path) == len(records):
+            kept = list(range(len(records)))
+        else:
+            kept = self._check(path, records)
+            if len(kept) == len(records):
+                self._whole[path] = len(records)
         self._last = (path, records, kept)
         return records, kept
 
