@@ -12,7 +12,7 @@ from revision.align.stats import export_trace_stats
 EPILOG = """example:
   revision align --text text.zarr --image image.zarr --out aligned.zarr
   revision align --text text.zarr --image image.zarr --out ot.zarr --method realign-ot
-  revision export --store aligned.zarr ...   # back to the reference's pickles
+  revision export aligned.zarr trace/ --format reference-pkl   # back to the reference's pickles
 The statistics are saved in the aligned store's attributes and beside it (<out>.stats.json).
 """
 
