@@ -108,3 +108,40 @@ def test_a_per_block_centroid_is_rejected(tmp_path: Path) -> None:
         wrong.append(unit(h - h.mean(0) + ref["mu_i"]))
     assert i.shape[0] == 150
     assert np.abs(np.concatenate(wrong) - ref["out"]).max() > TOL["float32"]
+
+
+def test_out_dtypes(tmp_path: Path) -> None:
+    """--out-dtype float16 / bfloat16 store the same rows, rounded once."""
+    rng = np.random.default_rng(8)
+    ts = make_store(tmp_path / "t.zarr", gapped(rng, 150, 24, 0.8), "text", chunk_rows=32)
+    ims = make_store(tmp_path / "i.zarr", gapped(rng, 170, 24, -0.3), "image", chunk_rows=32)
+    align_stores(ts, ims, tmp_path / "f32.zarr", progress=False)
+    ref = FeatureStore.open(tmp_path / "f32.zarr").read()
+    for dtype, tol in (("float16", 1e-3), ("bfloat16", 8e-3)):
+        align_stores(ts, ims, tmp_path / f"{dtype}.zarr", out_dtype=dtype, progress=False)
+        st_ = FeatureStore.open(tmp_path / f"{dtype}.zarr")
+        assert st_.dtype == dtype
+        got = to_float(st_.read(), dtype)
+        assert np.abs(got - ref).max() <= tol, _report(got, ref)
+        assert np.abs(got - ref).max() > 0  # it really was rounded
+
+
+def to_float(block: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return torch.from_numpy(block.view(np.int16)).view(torch.bfloat16).float().numpy()
+    return block.astype(np.float32)
+
+
+def test_text_only_methods_fit_without_images(tmp_path: Path) -> None:
+    from revision.cli import main
+
+    rng = np.random.default_rng(2)
+    make_store(tmp_path / "t.zarr", gapped(rng, 90, 8, 0.5), "text", chunk_rows=16)
+    for method in ("c3", "capdec", "mean-shift"):
+        stats = tmp_path / f"{method}.json"
+        assert main(["fit", "--text", str(tmp_path / "t.zarr"), "--stats", str(stats), "--method", method,
+                     "--no-progress"]) == 0  # fmt: skip
+        assert main(["apply", "--text", str(tmp_path / "t.zarr"), "--stats", str(stats),
+                     "--out", str(tmp_path / f"{method}.zarr"), "--no-progress"]) == 0  # fmt: skip
+        assert FeatureStore.open(tmp_path / f"{method}.zarr").rows == 90
+    assert main(["fit", "--text", str(tmp_path / "t.zarr"), "--stats", str(tmp_path / "r.json")]) == 2
