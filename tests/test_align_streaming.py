@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -145,3 +147,20 @@ def test_text_only_methods_fit_without_images(tmp_path: Path) -> None:
                      "--out", str(tmp_path / f"{method}.zarr"), "--no-progress"]) == 0  # fmt: skip
         assert FeatureStore.open(tmp_path / f"{method}.zarr").rows == 90
     assert main(["fit", "--text", str(tmp_path / "t.zarr"), "--stats", str(tmp_path / "r.json")]) == 2
+
+
+def test_triton_kernels_through_the_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The passes on the Triton kernels (interpreted on CPU here; on CUDA with --device cuda) equal the oracle."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    monkeypatch.setenv("REVISION_KERNELS", "triton")
+    rng = np.random.default_rng(4)
+    text, image = gapped(rng, 40, 8, 0.8), gapped(rng, 30, 8, -0.3)
+    ts = make_store(tmp_path / "t.zarr", text, "text", chunk_rows=16, dtype="float32")
+    ims = make_store(tmp_path / "i.zarr", image, "image", chunk_rows=16, dtype="float32")
+    res = align_stores(ts, ims, tmp_path / "a.zarr", progress=False)
+    ref = oracle_realign(text, image)
+    got = FeatureStore.open(tmp_path / "a.zarr").read()
+    assert np.abs(got - ref["out"]).max() <= 1e-5, _report(got, ref["out"])
+    assert abs(res.stats.scale / ref["scale"] - 1) < 1e-6

@@ -52,6 +52,12 @@ def add_run_flags(p: argparse.ArgumentParser, *, writes: bool) -> None:
         default=None,
         help="rows per read block (default: ~16 MiB of the store's chunks); memory is a few blocks",
     )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the per-chunk arithmetic runs: auto (CUDA + Triton kernels when available), cpu, cuda, "
+        "cuda:N (default: %(default)s)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     if writes:
         p.add_argument(
@@ -81,6 +87,7 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> AlignConfig:
         "shrinkage",
         "block_rows",
         "commit_rows",
+        "device",
         "progress",
     )
     values = {n: getattr(args, n) for n in names if hasattr(args, n) and getattr(args, n) is not None}

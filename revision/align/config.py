@@ -7,8 +7,11 @@ store's attrs["alignment"]. Validation errors name the CLI flag a user would fix
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import torch
 
 from revision.errors import UserError
 
@@ -50,6 +53,9 @@ class AlignConfig:
     commit_rows: int | None = None
     """Rows between commits of the aligned store (--commit-rows); None → one commit per output shard.
     A killed job resumes from the last commit."""
+    device: str = "auto"
+    """Where the per-chunk arithmetic runs (--device): auto (CUDA when available, so the Triton kernels
+    run; else CPU), cpu, cuda, cuda:N. Statistics are merged in float64 on the CPU either way."""
     progress: bool = True
     """Show progress bars with rows/s on stderr (off under REVISION_NO_PROGRESS=1)."""
 
@@ -68,6 +74,8 @@ class AlignConfig:
             raise UserError(f"--block-rows must be positive, got {self.block_rows}")
         if self.commit_rows is not None and self.commit_rows <= 0:
             raise UserError(f"--commit-rows must be positive, got {self.commit_rows}")
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise UserError(f"--device: {self.device!r} is not auto, cpu, cuda or cuda:N")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"--seed must be an integer ≥ 0, got {self.seed!r}")
 
@@ -81,6 +89,14 @@ class AlignConfig:
         if self.method == "realign-ot":
             params["shrinkage"] = self.shrinkage
         return params
+
+    def torch_device(self) -> torch.device:
+        """The resolved device; asking for CUDA without one is a UserError naming --device."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {self.device}: no CUDA device is available")
+        return torch.device(self.device)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

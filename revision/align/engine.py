@@ -94,10 +94,13 @@ def centroid_pass(text: StoreLike, stats: AlignStats, config: AlignConfig) -> tu
     t0 = time.perf_counter()
     n_hat = 0
     sum_h = torch.zeros(t.dim, dtype=torch.float64)
-    for _, block in iter_blocks(t, block_rows=config.block_rows, desc="pass 2 centroid", progress=config.progress):
+    device = config.torch_device()
+    for _, block in iter_blocks(
+        t, block_rows=config.block_rows, desc="pass 2 centroid", progress=config.progress, device=device
+    ):
         n, s = method.centroid_sums(block, stats)
         n_hat += n
-        sum_h += s
+        sum_h += s.to("cpu")
     if not bool(torch.isfinite(sum_h).all()):
         raise UserError(f"--text {t.path}: the projected rows hold non-finite values (pass 2)")
     nbytes = t.rows * t.dim * t.np_dtype.itemsize
@@ -121,7 +124,12 @@ def fit_stores(
     t = _open(text, "--text")
     i = _open(image, "--image") if image is not None else None
     _check_inputs(t, i, method)
-    common: dict[str, Any] = {"strict": config.strict, "block_rows": config.block_rows, "progress": config.progress}
+    common: dict[str, Any] = {
+        "strict": config.strict,
+        "block_rows": config.block_rows,
+        "progress": config.progress,
+        "device": config.torch_device(),
+    }
     tm, t_time = moments_pass(t, second_moment=method.covariance, desc="pass 1 text", **common)
     timings = [t_time]
     im = None
@@ -221,12 +229,17 @@ def apply_stats(
     writes = WriteBehind()
     try:
         for row0, block in iter_blocks(
-            t, start=start, block_rows=config.block_rows, desc="pass 3 apply", progress=config.progress
+            t,
+            start=start,
+            block_rows=config.block_rows,
+            desc="pass 3 apply",
+            progress=config.progress,
+            device=config.torch_device(),
         ):
             if screen and config.strict:
                 screen_block(block, row0, t)
             n = block.shape[0]
-            aligned = method.apply(block, row0, stats, out_dtype)
+            aligned = method.apply(block, row0, stats, out_dtype).to("cpu")
             meta = {name: t.read_metadata(name, row0, row0 + n) for name in columns}
             writes.submit(dst.append, aligned, t.read_ids(row0, row0 + n), meta)
             done = row0 + n

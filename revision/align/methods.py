@@ -114,8 +114,9 @@ class Method:
             return realign_apply(block, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype)
         p = stats.params
         u = normalize_rows(block)
+        dev = u.device
         if self.name == "mean-shift":
-            u -= stats.mu_t.to(torch.float32)
+            u -= stats.mu_t.to(dev, torch.float32)
             return u.to(out_dtype)
         if self.name == "gap-shift":
             assert stats.mu_i is not None
@@ -123,11 +124,11 @@ class Method:
             norm = float(torch.linalg.vector_norm(delta))
             lam = norm if p.get("gap_lambda") is None else float(p["gap_lambda"])
             if norm > 0:
-                u += (delta * (lam / norm)).to(torch.float32)
+                u += (delta * (lam / norm)).to(dev, torch.float32)
             return normalize_rows(u).to(out_dtype)
-        noise = gaussian_noise_ref(int(p["seed"]), row0, block.shape[0], block.shape[1])
+        noise = gaussian_noise_ref(int(p["seed"]), row0, block.shape[0], block.shape[1], device=dev)
         if self.name == "c3":
-            u -= stats.mu_t.to(torch.float32)
+            u -= stats.mu_t.to(dev, torch.float32)
         u.add_(noise, alpha=float(p["noise_std"]))
         return normalize_rows(u).to(out_dtype)
 

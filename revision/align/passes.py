@@ -48,9 +48,19 @@ def progress_enabled(wanted: bool) -> bool:
 
 
 def iter_blocks(
-    store: FeatureStore, *, start: int = 0, block_rows: int | None, desc: str, progress: bool
+    store: FeatureStore,
+    *,
+    start: int = 0,
+    block_rows: int | None,
+    desc: str,
+    progress: bool,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first_row, block) over rows [start, rows) as torch views of the decoded blocks, with a progress bar."""
+    """(first_row, block) over rows [start, rows) as torch views of the decoded blocks, with a progress bar.
+
+    With a CUDA `device` each block is copied there (the read-ahead keeps decoding the next ones).
+    """
+    cpu = device is None or device.type == "cpu"
     bar = tqdm(
         total=store.rows,
         initial=start,
@@ -62,7 +72,8 @@ def iter_blocks(
     )
     try:
         for lo, block in store.iter_chunks(start, block_rows=block_rows):
-            yield lo, to_torch(block, store.dtype)
+            t = to_torch(block, store.dtype)
+            yield lo, (t if cpu else t.to(device, non_blocking=False))
             bar.update(block.shape[0])
     finally:
         bar.close()
@@ -91,14 +102,23 @@ def screen_block(block: torch.Tensor, row0: int, store: FeatureStore) -> None:
 
 
 def moments_pass(
-    store: FeatureStore, *, second_moment: bool, strict: bool, block_rows: int | None, progress: bool, desc: str
+    store: FeatureStore,
+    *,
+    second_moment: bool,
+    strict: bool,
+    block_rows: int | None,
+    progress: bool,
+    desc: str,
+    device: torch.device | None = None,
 ) -> tuple[Moments, PassTiming]:
     """Pass 1 over one store: Chan-merged moments of its L2-normalised rows, merged in block order."""
     t0 = time.perf_counter()
     total = Moments.empty(store.dim, second_moment=second_moment)
-    for row0, block in iter_blocks(store, block_rows=block_rows, desc=desc, progress=progress):
+    for row0, block in iter_blocks(store, block_rows=block_rows, desc=desc, progress=progress, device=device):
         if strict:
             screen_block(block, row0, store)
-        total = merge_moments(total, row_stats(block, normalize=True, second_moment=second_moment))
+        # Partial moments come back to the CPU: the float64 merge runs there, in block order.
+        part = row_stats(block, normalize=True, second_moment=second_moment).to("cpu")
+        total = merge_moments(total, part)
     nbytes = store.rows * store.dim * store.np_dtype.itemsize
     return total, PassTiming(desc, store.rows, nbytes, time.perf_counter() - t0)
