@@ -86,7 +86,9 @@ def screen_block(block: torch.Tensor, row0: int, store: FeatureStore) -> None:
     infinite max, a zero row has max 0); the row search runs only when a tile fails.
     """
     n, d = block.shape
-    for s, e in tiles(n, d, tile_bytes=1 << 20):
+    # On a GPU one reduction over the whole block (each tile would cost a host sync).
+    tile_bytes = 1 << 20 if block.device.type == "cpu" else 1 << 62
+    for s, e in tiles(n, d, tile_bytes=tile_bytes):
         peak = block[s:e].abs().amax(dim=1)
         if bool(torch.isfinite(peak).all()) and bool((peak > 0).all()):
             continue
