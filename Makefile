@@ -23,6 +23,7 @@ demo: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/mypy revision store train
 
 test: $(BIN)/.installed lint
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
