@@ -147,3 +147,11 @@ def test_align_pkl_dims_differ(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert _align_pkl(tmp_path) == 2
     err = capsys.readouterr().err
     assert "has 8 values" in err and "image_embeds_1.pkl has 6" in err
+
+
+def test_refused_align_keeps_existing_stats(tmp_path: Path) -> None:
+    t, i = _pair(tmp_path)
+    assert _align(t, i, tmp_path / "a.zarr") == 0
+    before = (tmp_path / "a.zarr.stats.json").read_bytes()
+    assert _align(t, i, tmp_path / "a.zarr", "--method", "gap-shift") == 2
+    assert (tmp_path / "a.zarr.stats.json").read_bytes() == before

@@ -300,7 +300,9 @@ def align_stores(
     cfg = replace(base, **overrides) if overrides else base
     sp = stats_beside(out)
     stats, timings = fit_stores(text, image, cfg)
-    save_stats(stats, sp)
     result = apply_stats(text, stats, out, cfg, screen=False, stats_path=sp)
+    # Saved once the store is complete, so a refused or failed run never overwrites the stats of
+    # another store at that path.
+    save_stats(stats, sp)
     result.timings = timings + result.timings
     return result
