@@ -50,3 +50,35 @@ def test_sharded_fit_equals_whole_fit(tmp_path: Path, method: str) -> None:
     own = fit_stores(*shards[0], cfg)[0]
     with pytest.raises(UserError, match="other pass-1"):
         merge_centroids([centroid_pass(shards[1][0], global1, cfg)[0], own])
+
+
+def test_sharded_fit_through_the_cli(tmp_path: Path) -> None:
+    from revision.align import load_stats
+    from revision.cli import main
+
+    rng = np.random.default_rng(12)
+    text = (rng.normal(size=(300, 6)) + 1.0).astype(np.float32)
+    image = (rng.normal(size=(260, 6)) - 1.0).astype(np.float32)
+    make_store(tmp_path / "t.zarr", text, "text", dtype="float32")
+    make_store(tmp_path / "i.zarr", image, "image", dtype="float32")
+    for k, (a, b, c, d) in enumerate([(0, 100, 0, 200), (100, 300, 200, 260)]):
+        make_store(tmp_path / f"t{k}.zarr", text[a:b], "text", dtype="float32")
+        make_store(tmp_path / f"i{k}.zarr", image[c:d], "image", dtype="float32")
+        assert main(["fit", "--text", str(tmp_path / f"t{k}.zarr"), "--image", str(tmp_path / f"i{k}.zarr"),
+                     "--stats", str(tmp_path / f"p{k}.json"), "--pass1-only", "--no-progress"]) == 0  # fmt: skip
+    assert main(["fit", "--merge", str(tmp_path / "p0.json"), str(tmp_path / "p1.json"),
+                 "--stats", str(tmp_path / "pass1.json")]) == 0  # fmt: skip
+    for k in range(2):
+        assert main(["fit", "--text", str(tmp_path / f"t{k}.zarr"), "--centroid-from", str(tmp_path / "pass1.json"),
+                     "--stats", str(tmp_path / f"c{k}.json"), "--no-progress"]) == 0  # fmt: skip
+    # Mixing a pass-1 file with a pass-2 file is refused.
+    assert main(["fit", "--merge", str(tmp_path / "p0.json"), str(tmp_path / "c1.json"),
+                 "--stats", str(tmp_path / "bad.json")]) == 2  # fmt: skip
+    assert main(["fit", "--merge", str(tmp_path / "c0.json"), str(tmp_path / "c1.json"),
+                 "--stats", str(tmp_path / "merged.json")]) == 0  # fmt: skip
+    assert main(["fit", "--text", str(tmp_path / "t.zarr"), "--image", str(tmp_path / "i.zarr"),
+                 "--stats", str(tmp_path / "whole.json"), "--no-progress"]) == 0  # fmt: skip
+    merged, whole = load_stats(tmp_path / "merged.json"), load_stats(tmp_path / "whole.json")
+    assert merged.n_hat == whole.n_hat == 300
+    assert abs(merged.scale / whole.scale - 1) < 1e-12
+    assert float((merged.mu_hat - whole.mu_hat).abs().max()) < 1e-13
