@@ -91,6 +91,17 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool_after_fork() -> None:
+    # A forked child (e.g. a DataLoader worker) inherits the pool object but none of its
+    # threads: submitting to it would wait forever. The child builds its own on first use.
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def _single_threaded_worker(barrier: threading.Barrier) -> None:
     torch.set_num_threads(1)  # this thread's OpenMP/MKL setting; the caller's is restored below
     barrier.wait()

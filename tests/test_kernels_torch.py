@@ -280,3 +280,30 @@ def test_imports_and_runs_without_triton() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_forked_child_uses_its_own_tile_pool() -> None:
+    """After fork (DataLoader workers), the torch paths must not wait on the parent's pool threads."""
+    import os
+    import signal
+    import time
+
+    x = _rows(3000, 64, torch.float16)
+    want = K.normalize_rows(x)  # the parent's pool now exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit status says whether it computed the same rows
+        try:
+            torch.set_num_threads(1)  # as DataLoader workers do (GNU OpenMP is not fork-safe)
+            os._exit(0 if torch.equal(K.normalize_rows(x), want) else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, "the forked child computed different rows"
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung (it waited on the parent's tile pool)")
