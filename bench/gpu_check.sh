@@ -22,12 +22,12 @@ unset TRITON_INTERPRET REVISION_KERNELS
 workers=()
 if "$PY" -c "import xdist" 2>/dev/null; then workers=(-n 4); fi
 echo "== GPU tests (tests/test_kernels_triton.py -m gpu)"
-timeout 110 "$PY" -m pytest tests/test_kernels_triton.py -m gpu -q -p no:cacheprovider "${workers[@]}" \
+timeout 100 "$PY" -m pytest tests/test_kernels_triton.py -m gpu -q -p no:cacheprovider "${workers[@]}" \
     --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log"
 tests_status=${PIPESTATUS[0]}
 
 echo "== benchmark (bench/bench_kernels.py, 8388608 x 1280 float16)"
-timeout 170 "$PY" bench/bench_kernels.py --rows 8388608 --dim 1280 --chunk-rows 1048576 --repeats 5 --sweep \
+timeout 190 "$PY" bench/bench_kernels.py --rows 8388608 --dim 1280 --chunk-rows 1048576 --repeats 5 --sweep \
     2>&1 | tee "$OUT/bench_kernels.log"
 bench_status=${PIPESTATUS[0]}
 
