@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from revision.bench.harness import print_table, write_results
+from revision.bench.harness import peak_rss_mb, print_table, write_results
 
 
 def _own_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def make_corpus(work: Path, rows: int, dim: int) -> tuple[Path, Path]:

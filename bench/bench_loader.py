@@ -5,7 +5,7 @@ Both approaches get the same ids (uniformly random over all rows, batches of 256
   row gather (positioned reads; the memory-mapped gather is measured too) → float32 tensor;
 - baseline (the reference's loader): every pickle (lists of dicts with a float16 `embed`, 200,000
   rows a file) loaded into one dict keyed by id, then `np.stack` of the batch's entries → float32.
-Each approach runs in its own subprocess, so its peak RSS (ru_maxrss) is its own. For information, the
+Each approach runs in its own subprocess, so its peak RSS (VmHWM) is its own. For information, the
 training path is timed too: LLaVA-style annotations joined to the view by id, block-shuffled batches
 from DataLoader workers (JSON parsing of the text fields included).
 
