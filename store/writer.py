@@ -51,6 +51,12 @@ class ArrayWriter:
         pos = 0
         cr = self.spec.chunk_rows
         while pos < n:
+            if self._fill == 0 and n - pos >= cr:
+                # A whole chunk in the input: encode it from there (one copy fewer than via the buffer).
+                self._chunks.append(self.spec.encode_chunk(values[pos : pos + cr]))
+                pos += cr
+                self._flush_full_shard()
+                continue
             take = min(cr - self._fill, n - pos)
             self._buf[self._fill : self._fill + take] = values[pos : pos + take]
             self._fill += take
@@ -58,11 +64,14 @@ class ArrayWriter:
             if self._fill == cr:
                 self._chunks.append(self.spec.encode_chunk(self._buf))
                 self._fill = 0
-                if len(self._chunks) == self.spec.chunks_per_shard:
-                    self.spec.write_shard(self._shard, self._chunks, durable=self.durable)
-                    self._chunks = []
-                    self._shard += 1
+                self._flush_full_shard()
         self.rows += n
+
+    def _flush_full_shard(self) -> None:
+        if len(self._chunks) == self.spec.chunks_per_shard:
+            self.spec.write_shard(self._shard, self._chunks, durable=self.durable)
+            self._chunks = []
+            self._shard += 1
 
     def flush_partial(self) -> None:
         """Write the open shard with what it holds (a no-op when it holds nothing)."""
