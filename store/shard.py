@@ -126,7 +126,7 @@ class ArraySpec:
         return self.path / f"c/{shard}{suffix}"
 
     # -- encoding ---------------------------------------------------------------------------
-    def encode_chunk(self, rows: np.ndarray) -> bytes:
+    def encode_chunk(self, rows: np.ndarray | list[Any]) -> bytes:
         """Encode one chunk; `rows` may be short (the last chunk) and is padded with the fill value."""
         n = len(rows)
         if self.is_string:
