@@ -79,6 +79,14 @@ def iter_blocks(
         bar.close()
 
 
+#: dtype → (same-width integer dtype, mask dropping the sign, bit pattern of +Inf).
+_MAGNITUDE_BITS: dict[torch.dtype, tuple[torch.dtype, int, int]] = {
+    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
+    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+}
+
+
 def screen_block(block: torch.Tensor, row0: int, store: FeatureStore) -> None:
     """Strict mode: a NaN/±Inf value or an all-zero row is an error naming the store, row and id.
 
@@ -88,15 +96,27 @@ def screen_block(block: torch.Tensor, row0: int, store: FeatureStore) -> None:
     n, d = block.shape
     # On a GPU one reduction over the whole block (each tile would cost a host sync).
     tile_bytes = 1 << 20 if block.device.type == "cpu" else 1 << 62
+    bits = _MAGNITUDE_BITS.get(block.dtype) if block.is_contiguous() else None
     for s, e in tiles(n, d, tile_bytes=tile_bytes):
-        peak = block[s:e].abs().amax(dim=1)
-        if bool(torch.isfinite(peak).all()) and bool((peak > 0).all()):
+        if bits is not None:
+            # The largest magnitude's bit pattern per row, in integer arithmetic (2-3x the speed of a
+            # floating abs + max on fp16 here): at or above the exponent-all-ones pattern means
+            # NaN or ±Inf, zero means every value is ±0.
+            int_dtype, mask, nonfinite = bits
+            peak_bits = (block[s:e].view(int_dtype) & mask).amax(dim=1)
+            finite = peak_bits < nonfinite
+            nonzero = peak_bits > 0
+        else:
+            peak = block[s:e].abs().amax(dim=1)
+            finite = torch.isfinite(peak)
+            nonzero = peak > 0
+        if bool(finite.all()) and bool(nonzero.all()):
             continue
-        bad = torch.nonzero(~torch.isfinite(peak) | (peak == 0)).flatten()
+        bad = torch.nonzero(~finite | ~nonzero).flatten()
         r = s + int(bad[0])
         row = row0 + r
         ident = store.read_ids(row, row + 1)[0]
-        what = "an all-zero row" if bool(torch.isfinite(peak[r - s])) else "a NaN or infinite value"
+        what = "an all-zero row" if bool(finite[r - s]) else "a NaN or infinite value"
         raise UserError(
             f"{store.path}: row {row} (id {ident!r}) holds {what}; fix the input or pass --no-strict "
             "(non-finite values then count as 0 and zero rows stay zero, as in the reference)"
