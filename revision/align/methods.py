@@ -17,8 +17,16 @@ from revision.align.config import AlignConfig
 from revision.align.ot import gaussian_ot_matrix, shrink
 from revision.align.stats import AlignStats
 from revision.errors import UserError
-from revision.kernels import Moments, normalize_rows, realign_apply, realign_centroid
-from revision.kernels.noise import gaussian_noise_ref
+from revision.kernels import (
+    Moments,
+    c3,
+    capdec,
+    gap_shift,
+    mean_shift,
+    normalize_rows,
+    realign_apply,
+    realign_centroid,
+)
 
 #: ReAlign's guard against a zero text trace: s = sqrt(T_i / (T_t + 1e-10)).
 TRACE_EPS = 1e-10
@@ -112,25 +120,22 @@ class Method:
             if mu_hat is None:
                 raise UserError("these statistics have no centroid (pass 2 did not run); run `revision fit` again")
             return realign_apply(block, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype)
+        # The baselines are the kernels' fused one-pass ops (same noise generator, keyed by global row).
         p = stats.params
-        u = normalize_rows(block)
-        dev = u.device
         if self.name == "mean-shift":
-            u -= stats.mu_t.to(dev, torch.float32)
-            return u.to(out_dtype)
+            return mean_shift(block, stats.mu_t, normalize=True, out_dtype=out_dtype)
         if self.name == "gap-shift":
             assert stats.mu_i is not None
             delta = stats.mu_i - stats.mu_t
             norm = float(torch.linalg.vector_norm(delta))
+            if norm == 0:  # no gap: nothing to move along
+                return normalize_rows(block).to(out_dtype)
             lam = norm if p.get("gap_lambda") is None else float(p["gap_lambda"])
-            if norm > 0:
-                u += (delta * (lam / norm)).to(dev, torch.float32)
-            return normalize_rows(u).to(out_dtype)
-        noise = gaussian_noise_ref(int(p["seed"]), row0, block.shape[0], block.shape[1], device=dev)
+            return gap_shift(block, delta, lam, out_dtype=out_dtype)
+        seed, sigma = int(p["seed"]), float(p["noise_std"])
         if self.name == "c3":
-            u -= stats.mu_t.to(dev, torch.float32)
-        u.add_(noise, alpha=float(p["noise_std"]))
-        return normalize_rows(u).to(out_dtype)
+            return c3(block, stats.mu_t, seed=seed, row_offset=row0, sigma=sigma, out_dtype=out_dtype)
+        return capdec(block, seed=seed, row_offset=row0, sigma=sigma, out_dtype=out_dtype)
 
 
 METHODS: dict[str, Method] = {
