@@ -3,8 +3,11 @@
 The choice is made per call from the tensor's device and once-computed facts (is Triton importable,
 is CUDA present), so it costs nothing. `REVISION_KERNELS` overrides it for tests and benchmarks:
 
-- ``auto`` (default): Triton for CUDA tensors when Triton imports, else the torch path;
+- ``auto`` (default): Triton for CUDA tensors when Triton imports; on the CPU the native C kernels
+  (kernels/native.py) for the ops that have one when the extension is built, else the torch path;
 - ``triton``: always the Triton kernel (on CPU tensors this needs ``TRITON_INTERPRET=1``);
+- ``native``: the C kernels where an op has one (an error when the extension is not built), the
+  torch path for the rest;
 - ``torch``: the fast torch path (tested equal to the reference);
 - ``ref``: the plain readable reference (the specification; slow).
 """
@@ -17,7 +20,7 @@ import os
 import torch
 
 ENV_VAR = "REVISION_KERNELS"
-BACKENDS = ("auto", "triton", "torch", "ref")
+BACKENDS = ("auto", "triton", "native", "torch", "ref")
 # The kernels hold whole rows in registers; wider rows take the torch path (see triton_rows).
 MAX_TRITON_DIM = 32768
 
@@ -40,12 +43,27 @@ def requested_backend() -> str:
     return value
 
 
+@functools.cache
+def native_available() -> bool:
+    """True when the C extension (kernels/csrc/native.c) was built and imports."""
+    from revision.kernels import native
+
+    return native.available()
+
+
 def select_backend(x: torch.Tensor) -> str:
-    """The implementation to run for an input on `x.device`: "triton", "torch" or "ref"."""
+    """The implementation to run for an input on `x.device`: "triton", "native", "torch" or "ref".
+
+    "native" means: the op's C kernel when it has one and takes this input, else its torch path.
+    """
     wanted = requested_backend()
     if wanted == "auto":
         fits = x.dim() != 2 or x.shape[1] <= MAX_TRITON_DIM
-        return "triton" if x.is_cuda and fits and triton_available() else "torch"
+        if x.is_cuda:
+            return "triton" if fits and triton_available() else "torch"
+        return "native" if x.device.type == "cpu" and native_available() else "torch"
     if wanted == "triton" and not triton_available():
         raise RuntimeError(f"{ENV_VAR}=triton but triton cannot be imported")
+    if wanted == "native" and not native_available():
+        raise RuntimeError(f"{ENV_VAR}=native but the C extension is not built (reinstall with a C compiler)")
     return wanted

@@ -38,3 +38,50 @@ def first_nonfinite_row(x: torch.Tensor) -> int | None:
             if row is not None:
                 return start + row
     return None
+
+
+class BadRowError(ValueError):
+    """Strict screening found a row holding NaN/±Inf or only zeros (`row`: its index in the chunk)."""
+
+    def __init__(self, row: int, nonfinite: bool) -> None:
+        self.row = row
+        self.nonfinite = nonfinite
+        super().__init__(f"row {row} holds {'a NaN or infinite value' if nonfinite else 'an all-zero row'}")
+
+
+#: dtype → (same-width integer dtype, mask dropping the sign, bit pattern of +Inf).
+_MAGNITUDE_BITS: dict[torch.dtype, tuple[torch.dtype, int, int]] = {
+    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
+    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+}
+
+
+def first_bad_row(x: torch.Tensor) -> BadRowError | None:
+    """x: (n, D) → the first row holding NaN/±Inf or only (±)zeros, as an error to raise, or None.
+
+    One max-abs per row per cached tile finds both (NaN propagates through the max, ±Inf shows as
+    an infinite max, a zero row has max 0); the row search runs only when a tile fails.
+    """
+    n, d = x.shape
+    # On a GPU one reduction over the whole chunk (each tile would cost a host sync).
+    tile_bytes = 1 << 20 if x.device.type == "cpu" else 1 << 62
+    bits = _MAGNITUDE_BITS.get(x.dtype) if x.is_contiguous() else None
+    for s, e in tiles(n, d, tile_bytes=tile_bytes):
+        if bits is not None:
+            # The largest magnitude's bit pattern per row, in integer arithmetic (2-3x the speed of a
+            # floating abs + max on fp16 here): at or above the exponent-all-ones pattern means
+            # NaN or ±Inf, zero means every value is ±0.
+            int_dtype, mask, nonfinite = bits
+            peak_bits = (x[s:e].view(int_dtype) & mask).amax(dim=1)
+            finite = peak_bits < nonfinite
+            nonzero = peak_bits > 0
+        else:
+            peak = x[s:e].abs().amax(dim=1)
+            finite = torch.isfinite(peak)
+            nonzero = peak > 0
+        if bool(finite.all()) and bool(nonzero.all()):
+            continue
+        r = int(torch.nonzero(~finite | ~nonzero).flatten()[0])
+        return BadRowError(s + r, not bool(finite[r]))
+    return None

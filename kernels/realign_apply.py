@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from revision.kernels import native
 from revision.kernels.backend import select_backend, triton_available
 from revision.kernels.launch import check_out_dtype, check_rows, interpreter_or_cuda, prepare_out
 from revision.kernels.realign_project import (
@@ -158,6 +159,34 @@ def realign_apply_torch(
     return out
 
 
+def realign_apply_native(
+    y: torch.Tensor,
+    mu_t: torch.Tensor,
+    mu_i: torch.Tensor,
+    scale: Scale,
+    mu_hat: torch.Tensor,
+    *,
+    out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The C kernel (a float scale): the torch path's per-row arithmetic, one read and one write per row."""
+    check_rows("realign_apply_native", y=y, require_contiguous=False)
+    check_out_dtype("realign_apply_native", out_dtype)
+    n, d = y.shape
+    check_means("realign_apply_native", d, mu_t=mu_t, mu_i=mu_i, mu_hat=mu_hat)
+    s = check_scale("realign_apply_native", scale, d)
+    if isinstance(s, torch.Tensor):
+        raise ValueError("realign_apply_native: a matrix scale takes the torch path")
+    out = prepare_out("realign_apply_native", out, n, d, out_dtype, y.device)
+    if n == 0:
+        return out
+    mu_i64 = mu_i.to("cpu", torch.float64)
+    offset = mu_i64 - s * mu_t.to("cpu", torch.float64)
+    shift = mu_i64 - mu_hat.to("cpu", torch.float64)
+    native.apply_native(y, offset.float(), s, shift.float(), out)
+    return out
+
+
 def realign_apply(
     y: torch.Tensor,
     mu_t: torch.Tensor,
@@ -182,7 +211,9 @@ def realign_apply(
         s = check_scale("realign_apply_ref", scale, d)
         result = realign_apply_ref(y, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype)
         return result if out is None else prepare_out("realign_apply", out, n, d, out_dtype, y.device).copy_(result)
+    if backend == "native" and not isinstance(scale, torch.Tensor) and native.supports(y):
+        return realign_apply_native(y, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype, out=out)
     return realign_apply_torch(y, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype, out=out)
 
 
-__all__ = ["realign_apply", "realign_apply_ref", "realign_apply_torch", "realign_apply_triton"]
+__all__ = ["realign_apply", "realign_apply_native", "realign_apply_ref", "realign_apply_torch", "realign_apply_triton"]

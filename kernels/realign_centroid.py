@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from revision.kernels import native
 from revision.kernels.backend import select_backend, triton_available
 from revision.kernels.launch import check_rows, interpreter_or_cuda
 from revision.kernels.realign_project import (
@@ -153,6 +154,22 @@ def realign_centroid_torch(
     return n, total
 
 
+def realign_centroid_native(
+    y: torch.Tensor, mu_t: torch.Tensor, mu_i: torch.Tensor, scale: Scale
+) -> tuple[int, torch.Tensor]:
+    """The C kernel (a float scale): the torch path's per-row arithmetic fused into one sweep."""
+    check_rows("realign_centroid_native", y=y, require_contiguous=False)
+    n, d = y.shape
+    check_means("realign_centroid_native", d, mu_t=mu_t, mu_i=mu_i)
+    s = check_scale("realign_centroid_native", scale, d)
+    if isinstance(s, torch.Tensor):
+        raise ValueError("realign_centroid_native: a matrix scale takes the torch path")
+    if n == 0:
+        return 0, torch.zeros(d, dtype=torch.float64)
+    offset = mu_i.to("cpu", torch.float64) - s * mu_t.to("cpu", torch.float64)
+    return n, native.centroid_native(y, offset.float(), s)
+
+
 def realign_centroid(y: torch.Tensor, mu_t: torch.Tensor, mu_i: torch.Tensor, scale: Scale) -> tuple[int, torch.Tensor]:
     """y: (n, D) fp16/bf16/fp32; mu_t, mu_i: f64 (D,); scale: float or f64 (D, D) → (n, Σ h f64 (D,)).
 
@@ -165,7 +182,15 @@ def realign_centroid(y: torch.Tensor, mu_t: torch.Tensor, mu_i: torch.Tensor, sc
         n, d = y.shape
         check_means("realign_centroid_ref", d, mu_t=mu_t, mu_i=mu_i)
         return realign_centroid_ref(y, mu_t, mu_i, check_scale("realign_centroid_ref", scale, d))
+    if backend == "native" and not isinstance(scale, torch.Tensor) and native.supports(y):
+        return realign_centroid_native(y, mu_t, mu_i, scale)
     return realign_centroid_torch(y, mu_t, mu_i, scale)
 
 
-__all__ = ["realign_centroid", "realign_centroid_ref", "realign_centroid_torch", "realign_centroid_triton"]
+__all__ = [
+    "realign_centroid",
+    "realign_centroid_native",
+    "realign_centroid_ref",
+    "realign_centroid_torch",
+    "realign_centroid_triton",
+]

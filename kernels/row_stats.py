@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from revision.kernels import native
 from revision.kernels.backend import select_backend, triton_available
 from revision.kernels.launch import check_rows, interpreter_or_cuda
 from revision.kernels.moments import Moments, merge_moments
+from revision.kernels.nonfinite import first_bad_row
 from revision.kernels.normalize import normalize_rows
 from revision.kernels.rows_cpu import TileBuffers, map_row_parts, tiles, unit_rows_
 from revision.kernels.unit_rule import unit_rows_ref
@@ -220,13 +222,19 @@ def row_stats_torch(x: torch.Tensor, *, normalize: bool = True, second_moment: b
     return result
 
 
-def row_stats(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = False) -> Moments:
+def row_stats(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = False, screen: bool = False) -> Moments:
     """x: (n, D) fp16/bf16/fp32 → Moments(n, mean f64 (D,), m2 f64 (D,), comoment f64 (D, D) | None).
 
     Rows are first normalised by the reference's rule when `normalize`; per-row values never
     depend on the chunking and all sums are float64.
+    screen: raise `BadRowError` for the first row holding NaN/±Inf or only zeros (strict mode).
+    The native kernel checks rows as it normalises them; other paths screen in a sweep first.
     """
     backend = select_backend(x)
+    if backend == "native" and not second_moment and native.supports(x):
+        return native.row_stats_native(x, normalize=normalize, screen=screen)
+    if screen and (bad := first_bad_row(x)) is not None:
+        raise bad
     if backend == "triton":
         return row_stats_triton(x, normalize=normalize, second_moment=second_moment)
     if backend == "ref":

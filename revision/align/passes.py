@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from revision.errors import UserError
 from revision.kernels import Moments, merge_moments, row_stats
-from revision.kernels.rows_cpu import tiles
+from revision.kernels.nonfinite import BadRowError, first_bad_row
 from revision.store import FeatureStore, to_torch
 
 
@@ -79,48 +79,21 @@ def iter_blocks(
         bar.close()
 
 
-#: dtype → (same-width integer dtype, mask dropping the sign, bit pattern of +Inf).
-_MAGNITUDE_BITS: dict[torch.dtype, tuple[torch.dtype, int, int]] = {
-    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
-    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
-    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
-}
-
-
 def screen_block(block: torch.Tensor, row0: int, store: FeatureStore) -> None:
-    """Strict mode: a NaN/±Inf value or an all-zero row is an error naming the store, row and id.
+    """Strict mode: a NaN/±Inf value or an all-zero row is an error naming the store, row and id."""
+    bad = first_bad_row(block)
+    if bad is not None:
+        raise bad_row_error(bad, row0, store)
 
-    One max-abs per row per cached tile finds both (NaN propagates through the max, ±Inf shows as an
-    infinite max, a zero row has max 0); the row search runs only when a tile fails.
-    """
-    n, d = block.shape
-    # On a GPU one reduction over the whole block (each tile would cost a host sync).
-    tile_bytes = 1 << 20 if block.device.type == "cpu" else 1 << 62
-    bits = _MAGNITUDE_BITS.get(block.dtype) if block.is_contiguous() else None
-    for s, e in tiles(n, d, tile_bytes=tile_bytes):
-        if bits is not None:
-            # The largest magnitude's bit pattern per row, in integer arithmetic (2-3x the speed of a
-            # floating abs + max on fp16 here): at or above the exponent-all-ones pattern means
-            # NaN or ±Inf, zero means every value is ±0.
-            int_dtype, mask, nonfinite = bits
-            peak_bits = (block[s:e].view(int_dtype) & mask).amax(dim=1)
-            finite = peak_bits < nonfinite
-            nonzero = peak_bits > 0
-        else:
-            peak = block[s:e].abs().amax(dim=1)
-            finite = torch.isfinite(peak)
-            nonzero = peak > 0
-        if bool(finite.all()) and bool(nonzero.all()):
-            continue
-        bad = torch.nonzero(~finite | ~nonzero).flatten()
-        r = s + int(bad[0])
-        row = row0 + r
-        ident = store.read_ids(row, row + 1)[0]
-        what = "an all-zero row" if bool(finite[r - s]) else "a NaN or infinite value"
-        raise UserError(
-            f"{store.path}: row {row} (id {ident!r}) holds {what}; fix the input or pass --no-strict "
-            "(non-finite values then count as 0 and zero rows stay zero, as in the reference)"
-        )
+
+def bad_row_error(bad: BadRowError, row0: int, store: FeatureStore) -> UserError:
+    row = row0 + bad.row
+    ident = store.read_ids(row, row + 1)[0]
+    what = "a NaN or infinite value" if bad.nonfinite else "an all-zero row"
+    return UserError(
+        f"{store.path}: row {row} (id {ident!r}) holds {what}; fix the input or pass --no-strict "
+        "(non-finite values then count as 0 and zero rows stay zero, as in the reference)"
+    )
 
 
 def moments_pass(
@@ -137,10 +110,14 @@ def moments_pass(
     t0 = time.perf_counter()
     total = Moments.empty(store.dim, second_moment=second_moment)
     for row0, block in iter_blocks(store, block_rows=block_rows, desc=desc, progress=progress, device=device):
-        if strict:
-            screen_block(block, row0, store)
+        # Strict screening rides along in the statistics sweep (the native kernel checks each row it
+        # normalises; other paths run a screening sweep first).
+        try:
+            part = row_stats(block, normalize=True, second_moment=second_moment, screen=strict)
+        except BadRowError as bad:
+            raise bad_row_error(bad, row0, store) from None
         # Partial moments come back to the CPU: the float64 merge runs there, in block order.
-        part = row_stats(block, normalize=True, second_moment=second_moment).to("cpu")
+        part = part.to("cpu")
         total = merge_moments(total, part)
     nbytes = store.rows * store.dim * store.np_dtype.itemsize
     return total, PassTiming(desc, store.rows, nbytes, time.perf_counter() - t0)

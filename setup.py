@@ -1,0 +1,19 @@
+"""The one compiled part: ReAlign's fused CPU row kernels (kernels/csrc/native.c).
+
+Everything else is in pyproject.toml. The extension is optional: without a C compiler the build
+goes on and the kernels take their torch path (kernels/native.py says which one runs).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "revision.kernels._native",
+            sources=["kernels/csrc/native.c"],
+            # Contraction off: every instruction-set clone rounds the same way (see native.c).
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno", "-Wall"],
+            optional=True,
+        )
+    ]
+)
