@@ -2,8 +2,10 @@
 
 On CUDA: each Triton kernel, torch eager and torch.compile versions of the same math, and a
 device-to-device copy of the same bytes; reported as GB/s and as a fraction of the copy
-bandwidth (target: fused kernels ≥ 0.8 of it, ≥ 3× eager). On CPU: the production torch path
-(what the dispatch runs), the straightforward torch version of the same math, and a memcpy.
+bandwidth (target: fused kernels ≥ 0.8 of it, ≥ 3× eager). On CPU: the production path (what the dispatch
+runs: the C kernels of row_stats / realign_centroid / realign_apply when built, the fused torch path
+otherwise), the fused torch path beside the C kernels, the straightforward torch version of the same
+math, and a memcpy.
 
 Bytes counted per op: rows read (and, for ops that write rows, rows written) once.
 
@@ -23,7 +25,17 @@ from typing import Any
 import torch
 
 from revision.bench.harness import peak_rss_mb, print_table, time_it, write_results
-from revision.kernels import c3, normalize_rows, realign_apply, realign_centroid, row_stats, select_backend
+from revision.kernels import (
+    c3,
+    normalize_rows,
+    realign_apply,
+    realign_apply_torch,
+    realign_centroid,
+    realign_centroid_torch,
+    row_stats,
+    row_stats_torch,
+    select_backend,
+)
 
 Op = Callable[[torch.Tensor, int], Any]
 
@@ -165,16 +177,21 @@ def main(argv: list[str] | None = None) -> int:
         "row_stats": {
             "bytes": in_bytes,
             "fused": lambda a, c: row_stats(c),
+            "torch": lambda a, c: row_stats_torch(c),
             "eager": lambda a, c: eager_row_stats(c),
         },
         "realign_centroid": {
             "bytes": in_bytes,
             "fused": lambda a, c: realign_centroid(c, mu_t, mu_i, s),
+            "torch": lambda a, c: realign_centroid_torch(c, mu_t, mu_i, s),
             "eager": lambda a, c: eager_centroid(c, mu_t32, mu_i32, s),
         },
         "realign_apply": {
             "bytes": in_bytes + out_bytes,
             "fused": lambda a, c: realign_apply(c, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype, out=out[: c.shape[0]]),
+            "torch": lambda a, c: realign_apply_torch(
+                c, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype, out=out[: c.shape[0]]
+            ),
             "eager": lambda a, c: eager_apply(c, mu_t32, mu_i32, s, mu_hat32, out_dtype),
         },
         "normalize_rows": {
@@ -215,7 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for name, op in ops.items():
         entry: dict[str, Any] = {"bytes": op["bytes"]}
-        variants = [("fused", op["fused"]), ("eager", op["eager"]), ("compile", compiled.get(name))]
+        # The fused torch path is timed beside the production path only when that is the C kernel.
+        torch_path = op.get("torch") if select_backend(x) == "native" and not cuda else None
+        variants = [
+            ("fused", op["fused"]),
+            ("torch", torch_path),
+            ("eager", op["eager"]),
+            ("compile", compiled.get(name)),
+        ]
         for variant, fn in variants:
             if fn is None:
                 continue
@@ -232,12 +256,12 @@ def main(argv: list[str] | None = None) -> int:
                 entry[variant]["compile_seconds"] = compile_seconds[name]
         fused = entry["fused"]
         entry["fraction_of_copy_bandwidth"] = fused["fraction_of_copy_bandwidth"]
-        for variant in ("eager", "compile"):
+        for variant in ("torch", "eager", "compile"):
             if variant in entry:
                 entry[f"speedup_vs_{variant}"] = entry[variant]["seconds"] / fused["seconds"]
         results[name] = entry
         row = {"op": name, "fused GB/s": fused["gb_per_s"], "of copy": fused["fraction_of_copy_bandwidth"]}
-        for variant in ("eager", "compile"):
+        for variant in ("torch", "eager", "compile"):
             if variant in entry:
                 row[f"{variant} GB/s"] = entry[variant]["gb_per_s"]
                 row[f"× {variant}"] = entry[f"speedup_vs_{variant}"]
@@ -251,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"device {device_name}; {rows:,} × {d} {args.dtype} in chunks of {chunk:,}; copy {copy_gbs:,.1f} GB/s")
-    print_table(table, ["op", "fused GB/s", "of copy", "eager GB/s", "× eager", "compile GB/s", "× compile"])
+    columns = ["op", "fused GB/s", "of copy", "torch GB/s", "× torch", "eager GB/s", "× eager", "compile GB/s"]
+    print_table(table, [*columns, "× compile"])
     path = write_results(
         "bench_kernels",
         {

@@ -45,15 +45,16 @@ static const double NORM_HIGH = 1e18;
 /* The reference rule leaves rows with a norm below this unscaled (kernels/unit_rule.py). */
 static const double NORM_FLOOR = 1e-10;
 
-static inline void load_row(const char *src, int dt, int64_t d, float *restrict out) {
+/* Decodes n values starting at element j0 of a row into out[j0 …]. */
+static inline void decode(const char *src, int dt, int64_t j0, int64_t n, float *restrict out) {
     if (dt == DT_F32) {
-        memcpy(out, src, (size_t)d * sizeof(float));
+        memcpy(out + j0, (const float *)src + j0, (size_t)n * sizeof(float));
     } else if (dt == DT_F16) {
         /* Bit arithmetic rather than a _Float16 cast: GCC has no vector mode for the cast without
          * AVX512-FP16 and calls a library routine per value; this loop vectorises on any level. */
-        const uint16_t *h = (const uint16_t *)src;
-        uint32_t *o = (uint32_t *)out;
-        for (int64_t j = 0; j < d; j++) {
+        const uint16_t *h = (const uint16_t *)src + j0;
+        uint32_t *o = (uint32_t *)(out + j0);
+        for (int64_t j = 0; j < n; j++) {
             uint32_t em = h[j] & 0x7FFFu;
             uint32_t normal = (em << 13) + (112u << 23);      /* rebias the exponent: 15 -> 127 */
             uint32_t special = (em << 13) | 0x7F800000u;      /* Inf, NaN (payload kept) */
@@ -65,9 +66,9 @@ static inline void load_row(const char *src, int dt, int64_t d, float *restrict 
             o[j] = mag | ((uint32_t)(h[j] & 0x8000u) << 16);
         }
     } else {
-        const uint16_t *b = (const uint16_t *)src;
-        uint32_t *o = (uint32_t *)out;
-        for (int64_t j = 0; j < d; j++) o[j] = (uint32_t)b[j] << 16;
+        const uint16_t *b = (const uint16_t *)src + j0;
+        uint32_t *o = (uint32_t *)(out + j0);
+        for (int64_t j = 0; j < n; j++) o[j] = (uint32_t)b[j] << 16;
     }
 }
 
@@ -79,22 +80,52 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static inline float sum_squares(const float *restrict x, int64_t d) {
-    float acc[LANES] = {0};
-    int64_t j = 0;
-    for (; j + LANES <= d; j += LANES)
-        for (int k = 0; k < LANES; k++) acc[k] += x[j + k] * x[j + k];
-    for (int k = 0; j < d; j++, k++) acc[k] += x[j] * x[j];
+/* The sums of squares below all use LANES fixed lanes (value j goes to lane j mod LANES from the
+ * row's start, the tail from lane 0) and one fixed pairwise combination: the same bits whichever
+ * loop computes them and whatever the vector width. */
+static inline float combine_lanes(float *acc) {
     for (int w = LANES / 2; w > 0; w /= 2)
         for (int k = 0; k < w; k++) acc[k] += acc[k + w];
     return acc[0];
 }
 
-/* 1/||x|| when the norm is in the fast range, else 0 (NaN fails both comparisons). */
-static inline float fast_inverse_norm(const float *restrict x, int64_t d) {
-    float norm = sqrtf(sum_squares(x, d));
+/* Decodes a row into out and returns its sum of squares, one span of LANES values at a time. */
+static inline float load_row(const char *src, int dt, int64_t d, float *restrict out) {
+    float acc[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= d; j += LANES) {
+        decode(src, dt, j, LANES, out);
+        for (int k = 0; k < LANES; k++) acc[k] += out[j + k] * out[j + k];
+    }
+    decode(src, dt, j, d - j, out);
+    for (int k = 0; j < d; j++, k++) acc[k] += out[j] * out[j];
+    return combine_lanes(acc);
+}
+
+/* x[j] = base[j] + x[j] * c in place; returns the new row's sum of squares. */
+static inline float axpy_sumsq(float *restrict x, const float *restrict base, float c, int64_t d) {
+    float acc[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= d; j += LANES)
+        for (int k = 0; k < LANES; k++) {
+            float v = base[j + k] + x[j + k] * c;
+            x[j + k] = v;
+            acc[k] += v * v;
+        }
+    for (int k = 0; j < d; j++, k++) {
+        float v = base[j] + x[j] * c;
+        x[j] = v;
+        acc[k] += v * v;
+    }
+    return combine_lanes(acc);
+}
+
+/* 1/||x|| from the sum of squares when the norm is in the fast range, else 0 (NaN fails both). */
+static inline float fast_inverse(float sumsq) {
+    float norm = sqrtf(sumsq);
     return ((double)norm >= NORM_LOW && (double)norm <= NORM_HIGH) ? 1.0f / norm : 0.0f;
 }
+
 
 /* The reference rule in float64, in place: non-finite -> 0, scale by the max-abs, then the norm. */
 static void unit_rule_row(float *x, int64_t d) {
@@ -128,28 +159,26 @@ static int bad_row(const float *x, int64_t d) {
     return !nonzero;
 }
 
-/* Unit row by the torch path's rule, in place; returns 0, or 1 for a bad row when screening. */
-static inline int unit_row(float *restrict x, int64_t d, int screen) {
-    float r = fast_inverse_norm(x, d);
-    if (r != 0.0f) {
-        for (int64_t j = 0; j < d; j++) x[j] *= r;
-        return 0;
-    }
-    if (screen && bad_row(x, d)) return 1;
+/* The factor that makes x a unit row by the torch path's rule (x * r, rounded to fp32); rows outside
+ * the fast range are replaced in place by their reference-rule unit rows and get r = 1. Returns 0
+ * for a bad row when screening. */
+static inline float unit_factor(float *restrict x, int64_t d, float sumsq, int screen) {
+    float r = fast_inverse(sumsq);
+    if (r != 0.0f) return r;
+    if (screen && bad_row(x, d)) return 0.0f;
     unit_rule_row(x, d);
-    return 0;
+    return 1.0f;
 }
 
-/* The projected row h = u(offset + s * u(x)) as the torch path computes it: fp32 h, then its factor. */
-static inline float project_row(float *restrict x, int64_t d, const float *restrict offset, float s) {
-    float r = fast_inverse_norm(x, d);
+/* The projected row h = u(offset + s * u(x)) as the torch path computes it, from a row and its sum of
+ * squares: fp32 h in place, returns its unit factor. */
+static inline float project_row(float *restrict x, int64_t d, float sumsq, const float *restrict offset, float s) {
+    float r = fast_inverse(sumsq);
     if (r == 0.0f) {
         unit_rule_row(x, d);
         r = 1.0f;
     }
-    float c = r * s;
-    for (int64_t j = 0; j < d; j++) x[j] = offset[j] + x[j] * c;
-    float r2 = fast_inverse_norm(x, d);
+    float r2 = fast_inverse(axpy_sumsq(x, offset, r * s, d));
     if (r2 == 0.0f) {
         unit_rule_row(x, d);
         r2 = 1.0f;
@@ -175,30 +204,38 @@ CLONES static int64_t moments_rows(const char *base, int dt, int64_t stride, int
         int64_t nb = b1 - b0;
         for (int64_t g0 = b0; g0 < b1; g0 += GROUP) {
             int64_t gn = b1 - g0 < GROUP ? b1 - g0 : GROUP;
+            /* Each row's unit factor is applied inside the sums loop (the same fp32 product as a scaling
+             * pass, without the extra sweep over the row). */
+            float f[GROUP];
             for (int64_t r = 0; r < GROUP; r++) {
                 float *row = rows + r * d;
                 if (r >= gn) {
                     memcpy(row, shift, (size_t)d * sizeof(float)); /* padding: adds exactly 0 */
+                    f[r] = 1.0f;
                     continue;
                 }
-                load_row(base + (g0 + r) * stride, dt, d, row);
+                float sumsq = load_row(base + (g0 + r) * stride, dt, d, row);
+                f[r] = 1.0f;
                 if (normalize) {
-                    if (unit_row(row, d, screen)) return g0 + r;
-                } else if (screen && fast_inverse_norm(row, d) == 0.0f && bad_row(row, d)) {
+                    f[r] = unit_factor(row, d, sumsq, screen);
+                    if (f[r] == 0.0f) return g0 + r;
+                } else if (screen && fast_inverse(sumsq) == 0.0f && bad_row(row, d)) {
                     return g0 + r;
                 }
                 /* Sums about the block's first row: float64 differences of fp32 values are exact, and
                  * the shift keeps Σq − (Σs)²/n free of cancellation when a column's mean dwarfs its spread. */
                 if (g0 == b0 && r == 0) {
-                    memcpy(shift, row, (size_t)d * sizeof(float));
+                    for (int64_t j = 0; j < d; j++) shift[j] = row[j] * f[0];
                     memset(s, 0, (size_t)d * sizeof(double));
                     memset(q, 0, (size_t)d * sizeof(double));
                 }
             }
             const float *x0 = rows, *x1 = rows + d, *x2 = rows + 2 * d, *x3 = rows + 3 * d;
+            const float f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3];
             for (int64_t j = 0; j < d; j++) {
                 double c = (double)shift[j];
-                double a0 = (double)x0[j] - c, a1 = (double)x1[j] - c, a2 = (double)x2[j] - c, a3 = (double)x3[j] - c;
+                double a0 = (double)(x0[j] * f0) - c, a1 = (double)(x1[j] * f1) - c;
+                double a2 = (double)(x2[j] * f2) - c, a3 = (double)(x3[j] * f3) - c;
                 s[j] += (a0 + a1) + (a2 + a3);
                 q[j] += (a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3);
             }
@@ -207,10 +244,13 @@ CLONES static int64_t moments_rows(const char *base, int dt, int64_t stride, int
         double w_new = (double)nb / total;
         double w_cross = (double)acc->count * w_new;
         for (int64_t j = 0; j < d; j++) {
-            double bmean_off = s[j] / (double)nb;
-            double bm2 = q[j] - s[j] * bmean_off;
+            double bm2 = q[j] - s[j] * (s[j] / (double)nb);
             if (bm2 < 0.0) bm2 = 0.0;
-            double delta = ((double)shift[j] + bmean_off) - acc->mean[j];
+            /* The block's mean as its sum over its count: nb · shift is exact and so, for rows of like
+             * magnitude, is the sum, so one rounding — the same mean a plain sum gives. (Shift + Σ/nb
+             * rounds twice, and flips float32 ties when the means are rounded to fp32 later.) */
+            double bmean = ((double)nb * (double)shift[j] + s[j]) / (double)nb;
+            double delta = bmean - acc->mean[j];
             acc->mean[j] += delta * w_new;
             acc->m2[j] += bm2 + delta * delta * w_cross;
         }
@@ -235,8 +275,8 @@ CLONES static void centroid_rows(const char *base, int dt, int64_t stride, int64
                     w[r] = 0.0;
                     continue;
                 }
-                load_row(base + (g0 + r) * stride, dt, d, row);
-                w[r] = (double)project_row(row, d, offset, s);
+                float sumsq = load_row(base + (g0 + r) * stride, dt, d, row);
+                w[r] = (double)project_row(row, d, sumsq, offset, s);
             }
             const float *h0 = rows, *h1 = rows + d, *h2 = rows + 2 * d, *h3 = rows + 3 * d;
             for (int64_t j = 0; j < d; j++)
@@ -249,10 +289,9 @@ CLONES static void centroid_rows(const char *base, int dt, int64_t stride, int64
 CLONES static void apply_rows(const char *base, int dt, int64_t stride, int64_t n, int64_t d, const float *offset,
                               float s, const float *shift, char *out, int out_dt, float *row) {
     for (int64_t i = 0; i < n; i++) {
-        load_row(base + i * stride, dt, d, row);
-        float r2 = project_row(row, d, offset, s);
-        for (int64_t j = 0; j < d; j++) row[j] = shift[j] + row[j] * r2;
-        float r3 = fast_inverse_norm(row, d);
+        float sumsq = load_row(base + i * stride, dt, d, row);
+        float r2 = project_row(row, d, sumsq, offset, s);
+        float r3 = fast_inverse(axpy_sumsq(row, shift, r2, d));
         if (r3 == 0.0f) {
             unit_rule_row(row, d);
             r3 = 1.0f;
