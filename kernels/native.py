@@ -76,11 +76,14 @@ def row_stats_native(x: torch.Tensor, *, normalize: bool = True, screen: bool = 
     def work(first: int, last: int) -> Moments:
         mean = torch.zeros(d, dtype=torch.float64)
         m2 = torch.zeros(d, dtype=torch.float64)
-        count, bad = lib.moments(*_row_args(x, first, last), normalize, screen, 0, mean.data_ptr(), m2.data_ptr())
+        total = torch.zeros(d, dtype=torch.float64)
+        count, bad = lib.moments(
+            *_row_args(x, first, last), normalize, screen, 0, mean.data_ptr(), m2.data_ptr(), total.data_ptr()
+        )
         if bad >= 0:
             row = first + bad
             raise BadRowError(row, not bool(torch.isfinite(x[row]).all()))
-        return Moments(count, mean, m2, None)
+        return Moments(count, total / count, m2, None, total)
 
     total = Moments.empty(d)
     for part in map_row_parts(n, d, work):

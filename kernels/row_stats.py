@@ -37,11 +37,12 @@ def row_stats_ref(x: torch.Tensor, *, normalize: bool = True, second_moment: boo
     if n == 0:
         return Moments.empty(d, second_moment=second_moment, device=x.device)
     v = unit_rows_ref(x) if normalize else x.to(torch.float64)
-    mean = v.mean(dim=0)
+    total = v.sum(dim=0)
+    mean = total / n
     c = v - mean
     m2 = (c * c).sum(dim=0)
     como = c.T @ c if second_moment else None
-    return Moments(n, mean, m2, como)
+    return Moments(n, mean, m2, como, total)
 
 
 if triton_available():
@@ -141,11 +142,12 @@ def row_stats_triton(x: torch.Tensor, *, normalize: bool = True, second_moment: 
 def _block_comoment(v: torch.Tensor) -> Moments:
     """Two-pass float64 moments of one block of rows, with the co-moment as one float64 GEMM."""
     v64 = v.to(torch.float64)
-    mean = v64.mean(dim=0)
+    total = v64.sum(dim=0)
+    mean = total / v.shape[0]
     v64 -= mean
     como = v64.T @ v64
     m2 = torch.diagonal(como).clone()
-    return Moments(v.shape[0], mean, m2, como)
+    return Moments(v.shape[0], mean, m2, como, total)
 
 
 # Rows per float64 block of the co-moment pass: bounds its temporaries (8 bytes × rows × D).
@@ -196,7 +198,8 @@ def row_stats_torch(x: torch.Tensor, *, normalize: bool = True, second_moment: b
         count = 0
         mean = torch.zeros(d, dtype=torch.float64)
         m2 = torch.zeros(d, dtype=torch.float64)
-        tile_mean = torch.empty(d, dtype=torch.float64)
+        sums = torch.zeros(d, dtype=torch.float64)
+        tile_sum = torch.empty(d, dtype=torch.float64)
         tile_m2 = torch.empty(d, dtype=torch.float64)
         for s, e in tiles(last, d, first=first):
             t = e - s
@@ -205,7 +208,9 @@ def row_stats_torch(x: torch.Tensor, *, normalize: bool = True, second_moment: b
                 unit_rows_(tile)
             t64 = buffers.f64[:t]
             t64.copy_(tile)
-            torch.mean(t64, dim=0, out=tile_mean)
+            torch.sum(t64, dim=0, out=tile_sum)
+            sums += tile_sum
+            tile_mean = tile_sum / t
             t64 -= tile_mean
             t64 *= t64
             torch.sum(t64, dim=0, out=tile_m2)
@@ -214,7 +219,7 @@ def row_stats_torch(x: torch.Tensor, *, normalize: bool = True, second_moment: b
             mean.add_(delta, alpha=t / total)
             m2.add_(tile_m2).add_(delta * delta, alpha=count * (t / total))
             count = total
-        return Moments(count, mean, m2, None)
+        return Moments(count, sums / count, m2, None, sums)
 
     result = Moments.empty(d)
     for part in map_row_parts(n, d, work):

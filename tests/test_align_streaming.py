@@ -78,9 +78,9 @@ def test_streaming_align_equals_oracle(
 def test_stats_do_not_depend_on_chunking(n: int, chunks: list[int], seed: int) -> None:
     """Pass-1/2 statistics agree to 1e-12 relative whatever the chunk and block sizes.
 
-    With the means used as computed: rounding them to float32 (the reference's step, on by default)
-    turns a 1e-16 difference into one fp32 ulp when the exact mean lies on a float32 tie, which means
-    of float32 data do about once per thousand columns.
+    With the means rounded to float32 (the reference's step, on by default) too: a 1e-16 difference
+    in a mean would become a float32 ulp when the exact mean lies on a float32 tie, which means of
+    float32 data do about once per thousand columns; means from column totals are chunking-free.
     """
     rng = np.random.default_rng(seed)
     text = gapped(rng, n, 16, 0.5)
@@ -90,7 +90,7 @@ def test_stats_do_not_depend_on_chunking(n: int, chunks: list[int], seed: int) -
         for k, c in enumerate(chunks):
             ts = make_store(Path(tmp) / f"t{k}.zarr", text, "text", chunk_rows=c, dtype="float32")
             ims = make_store(Path(tmp) / f"i{k}.zarr", image, "image", chunk_rows=c + 1, dtype="float32")
-            stats, _ = fit_stores(ts, ims, AlignConfig(block_rows=c * 2, progress=False, round_means_fp32=False))
+            stats, _ = fit_stores(ts, ims, AlignConfig(block_rows=c * 2, progress=False))
             results.append(stats)
     base = results[0]
     for other in results[1:]:

@@ -202,3 +202,20 @@ def test_dispatch_takes_native_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     a = torch.eye(64, dtype=torch.float64)
     assert torch.equal(K.realign_apply(x, mu_t, mu_i, a, mu_hat), K.realign_apply_torch(x, mu_t, mu_i, a, mu_hat))
     assert torch.equal(K.normalize_rows(x), K.normalize_rows_torch(x))
+
+
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_means_are_bitwise_chunking_free(path: str) -> None:
+    """Merged means come from column totals: bitwise equal whatever the chunking when the float64 sums
+    of the fp32 unit rows are exact (components of like magnitude, as here), so their float32
+    rounding never flips on a tie."""
+    fn = {"native": native.row_stats_native, "torch": K.row_stats_torch}[path]
+    g = torch.Generator().manual_seed(8)
+    magnitude = 0.5 + 0.5 * torch.rand(1031, 130, generator=g)
+    x = torch.where(torch.rand(1031, 130, generator=g) < 0.5, -magnitude, magnitude)
+    whole = fn(x)
+    for cuts in ([1], [4, 5], [255, 256, 257], [3, 700, 701]):
+        merged = K.Moments.empty(130)
+        for piece in torch.tensor_split(x, cuts):
+            merged = K.merge_moments(merged, fn(piece))
+        assert merged.total is not None and torch.equal(merged.mean, whole.mean)

@@ -188,7 +188,7 @@ static inline float project_row(float *restrict x, int64_t d, float sumsq, const
 
 typedef struct {
     int64_t count;
-    double *mean, *m2;
+    double *mean, *m2, *total; /* total: column sums, so the caller's mean is one rounding of a sum */
 } moments_t;
 
 /* Rows go through the float64 sums GROUP at a time: one load and store of each sum per group
@@ -249,8 +249,10 @@ CLONES static int64_t moments_rows(const char *base, int dt, int64_t stride, int
             /* The block's mean as its sum over its count: nb · shift is exact and so, for rows of like
              * magnitude, is the sum, so one rounding — the same mean a plain sum gives. (Shift + Σ/nb
              * rounds twice, and flips float32 ties when the means are rounded to fp32 later.) */
-            double bmean = ((double)nb * (double)shift[j] + s[j]) / (double)nb;
+            double bsum = (double)nb * (double)shift[j] + s[j];
+            double bmean = bsum / (double)nb;
             double delta = bmean - acc->mean[j];
+            acc->total[j] += bsum;
             acc->mean[j] += delta * w_new;
             acc->m2[j] += bm2 + delta * delta * w_cross;
         }
@@ -331,14 +333,15 @@ static void *scratch(size_t bytes) {
     return p;
 }
 
-/* moments(x, dtype, n, d, row_stride_bytes, normalize, screen, count_in, mean_ptr, m2_ptr)
- *   -> (count, bad_row): merges rows into the float64 state (count_in, mean, m2) in place;
+/* moments(x, dtype, n, d, row_stride_bytes, normalize, screen, count_in, mean_ptr, m2_ptr, total_ptr)
+ *   -> (count, bad_row): merges rows into the float64 state (count_in, mean, m2, total) in place;
  *   bad_row is -1, or the first bad row (screening), in which case the state is unspecified. */
 static PyObject *py_moments(PyObject *self, PyObject *args) {
-    unsigned long long xp, mp, qp;
+    unsigned long long xp, mp, qp, tp;
     int dt, normalize, screen;
     long long n, d, stride, count;
-    if (!PyArg_ParseTuple(args, "KiLLLppLKK", &xp, &dt, &n, &d, &stride, &normalize, &screen, &count, &mp, &qp))
+    if (!PyArg_ParseTuple(args, "KiLLLppLKKK", &xp, &dt, &n, &d, &stride, &normalize, &screen, &count, &mp, &qp,
+                          &tp))
         return NULL;
     if (check_args(dt, n, d, stride) < 0) return NULL;
     float *row = scratch((size_t)d * (GROUP + 1) * sizeof(float));
@@ -347,7 +350,7 @@ static PyObject *py_moments(PyObject *self, PyObject *args) {
         free(row);
         return NULL;
     }
-    moments_t acc = {count, (double *)(uintptr_t)mp, (double *)(uintptr_t)qp};
+    moments_t acc = {count, (double *)(uintptr_t)mp, (double *)(uintptr_t)qp, (double *)(uintptr_t)tp};
     int64_t bad;
     Py_BEGIN_ALLOW_THREADS;
     bad = moments_rows((const char *)(uintptr_t)xp, dt, stride, n, d, normalize, screen, &acc, row, row + GROUP * d, sq,
