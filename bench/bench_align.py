@@ -86,15 +86,21 @@ def make_pickles(d: Path, rows: int, dim: int, per_file: int, modality: str, see
 
 
 def scan_seconds(path: Path) -> tuple[float, int]:
-    """A raw scan: every chunk read and decoded (with the store's read-ahead), no arithmetic."""
+    """A raw scan of every chunk, no arithmetic: the faster of the store's copying read (read-ahead
+    threads) and its zero-copy views with every byte read once (a byte max, at memory speed)."""
     from revision.store import FeatureStore
 
     st = FeatureStore.open(path)
-    t0 = time.perf_counter()
-    nbytes = 0
-    for _, block in st.iter_chunks():
-        nbytes += block.nbytes
-    return time.perf_counter() - t0, nbytes
+    best, nbytes = float("inf"), 0
+    for zero_copy in (False, True):
+        t0 = time.perf_counter()
+        nbytes = 0
+        for _, block in st.iter_chunks(zero_copy=zero_copy):
+            if zero_copy:
+                block.reshape(-1).view(np.uint8).max()
+            nbytes += block.nbytes
+        best = min(best, time.perf_counter() - t0)
+    return best, nbytes
 
 
 def write_floor_seconds(text: Path, out: Path) -> float:

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -372,12 +373,40 @@ class FeatureStore:
         return ranges
 
     def iter_chunks(
-        self, start: int = 0, stop: int | None = None, *, block_rows: int | None = None, prefetch: int = 2
+        self,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        block_rows: int | None = None,
+        prefetch: int = 2,
+        zero_copy: bool = False,
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (first_row, block) over [start, stop) in chunk-aligned blocks, read ahead on threads."""
+        """Yield (first_row, block) over [start, stop) in chunk-aligned blocks, read ahead on threads.
+
+        zero_copy: blocks of uncompressed stores are read-only views of the memory-mapped shard files
+        (blocks are then also cut at shard boundaries); compressed stores are read as usual. The
+        caller must not write into the blocks.
+        """
         ranges = self.block_ranges(start, stop, block_rows)
+        if zero_copy and self.codec == "none":
+            yield from self._iter_views(ranges)
+            return
         for (lo, _), block in zip(ranges, read_ahead(lambda r: self.read(*r), ranges, prefetch=prefetch), strict=True):
             yield lo, block
+
+    def _iter_views(self, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
+        spec = self._specs["vectors"]
+        reader = ShardReader(spec)  # private: views outlive it, and other readers keep their own files
+        try:
+            for lo, hi in ranges:
+                pos = lo
+                while pos < hi:
+                    end = min(hi, (pos // spec.shard_rows + 1) * spec.shard_rows)
+                    block = reader.view(pos, end)
+                    yield pos, (block if block is not None else self.read(pos, end))
+                    pos = end
+        finally:
+            reader.close()
 
     def read_rows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows at `indices` (any order, repeats allowed), reading each needed chunk once."""
@@ -487,7 +516,14 @@ def to_torch(block: np.ndarray, dtype: str) -> Any:
     """A zero-copy torch view of a block read from a store; bfloat16 stores give torch.bfloat16."""
     import torch
 
-    t = torch.from_numpy(block)
+    if block.flags.writeable:
+        t = torch.from_numpy(block)
+    else:
+        # A read-only view (zero-copy iteration): torch has no read-only tensors and warns; the
+        # caller promised not to write into it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(block)
     if dtype == "bfloat16":
         return t.view(torch.bfloat16)
     return t

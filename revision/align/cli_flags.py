@@ -70,8 +70,8 @@ def add_run_flags(p: argparse.ArgumentParser, *, writes: bool) -> None:
             "--commit-rows",
             type=int,
             default=None,
-            help="rows between commits of the output (default: one per output shard); a killed run resumes "
-            "from the last commit",
+            help="rows between commits of the output (default: whole shards, about 1 GiB of output); a killed "
+            "run resumes from the last commit",
         )
 
 

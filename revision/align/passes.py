@@ -71,7 +71,9 @@ def iter_blocks(
         leave=False,
     )
     try:
-        for lo, block in store.iter_chunks(start, block_rows=block_rows):
+        # On the CPU the kernels read the page cache in place (zero-copy views; they never write
+        # into their input); a copy to a GPU reads the mapping just the same.
+        for lo, block in store.iter_chunks(start, block_rows=block_rows, zero_copy=True):
             t = to_torch(block, store.dtype)
             yield lo, (t if cpu else t.to(device, non_blocking=False))
             bar.update(block.shape[0])
