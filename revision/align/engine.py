@@ -198,6 +198,22 @@ def _open_output(out: Path, text: FeatureStore, method: Method, config: AlignCon
     return st
 
 
+class OutputRing:
+    """`size` reusable (rows, D) output buffers, handed out in turn (grown when a block is larger)."""
+
+    def __init__(self, size: int, dim: int, dtype: torch.dtype) -> None:
+        self.size, self.dim, self.dtype = size, dim, dtype
+        self._bufs: list[torch.Tensor] = []
+        self._next = 0
+
+    def take(self, rows: int) -> torch.Tensor:
+        if not self._bufs or self._bufs[0].shape[0] < rows:
+            self._bufs = [torch.empty(rows, self.dim, dtype=self.dtype) for _ in range(self.size)]
+        buf = self._bufs[self._next]
+        self._next = (self._next + 1) % self.size
+        return buf[:rows]
+
+
 #: Output bytes between the default commits of pass 3: per-shard commits cost ~0.6 s per 5 GB here.
 COMMIT_BYTES = 1 << 30
 
@@ -237,6 +253,10 @@ def apply_stats(
     columns = list(t.metadata_columns)
     t0 = time.perf_counter()
     writes = WriteBehind()
+    # Output blocks cycle through a few reused buffers: allocating one per block made glibc keep freed
+    # blocks in per-thread arenas (peak RSS 0.7 → 2 GB on 1M rows). Once `submit` returns, at most
+    # `depth` writes are pending, so a buffer is free again `depth + 1` blocks later.
+    ring = OutputRing(writes.depth + 2, t.dim, out_dtype) if config.torch_device().type == "cpu" else None
     try:
         for row0, block in iter_blocks(
             t,
@@ -249,7 +269,7 @@ def apply_stats(
             if screen and config.strict:
                 screen_block(block, row0, t)
             n = block.shape[0]
-            aligned = method.apply(block, row0, stats, out_dtype).to("cpu")
+            aligned = method.apply(block, row0, stats, out_dtype, out=ring.take(n) if ring else None).to("cpu")
             meta = {name: t.read_metadata(name, row0, row0 + n) for name in columns}
             writes.submit(dst.append, aligned, t.read_ids(row0, row0 + n), meta)
             done = row0 + n

@@ -112,18 +112,29 @@ class Method:
         mu_t, mu_i, scale = self._projection(stats)
         return realign_centroid(block, mu_t, mu_i, scale)
 
-    def apply(self, block: torch.Tensor, row0: int, stats: AlignStats, out_dtype: torch.dtype) -> torch.Tensor:
-        """Pass 3 on one block of raw text rows whose first row has global index `row0`."""
+    def apply(
+        self,
+        block: torch.Tensor,
+        row0: int,
+        stats: AlignStats,
+        out_dtype: torch.dtype,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Pass 3 on one block of raw text rows whose first row has global index `row0`.
+
+        out: a contiguous (n, D) `out_dtype` buffer on the block's device to write into (reused
+        across blocks, so a pass allocates no memory per block), or None for a new tensor.
+        """
         if self.name in ("realign", "realign-ot"):
             mu_t, mu_i, scale = self._projection(stats)
             mu_hat = stats.mu_hat
             if mu_hat is None:
                 raise UserError("these statistics have no centroid (pass 2 did not run); run `revision fit` again")
-            return realign_apply(block, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype)
+            return realign_apply(block, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype, out=out)
         # The baselines are the kernels' fused one-pass ops (same noise generator, keyed by global row).
         p = stats.params
         if self.name == "mean-shift":
-            return mean_shift(block, stats.mu_t, normalize=True, out_dtype=out_dtype)
+            return mean_shift(block, stats.mu_t, normalize=True, out_dtype=out_dtype, out=out)
         if self.name == "gap-shift":
             assert stats.mu_i is not None
             delta = stats.mu_i - stats.mu_t
@@ -131,11 +142,11 @@ class Method:
             if norm == 0:  # no gap: nothing to move along
                 return normalize_rows(block).to(out_dtype)
             lam = norm if p.get("gap_lambda") is None else float(p["gap_lambda"])
-            return gap_shift(block, delta, lam, out_dtype=out_dtype)
+            return gap_shift(block, delta, lam, out_dtype=out_dtype, out=out)
         seed, sigma = int(p["seed"]), float(p["noise_std"])
         if self.name == "c3":
-            return c3(block, stats.mu_t, seed=seed, row_offset=row0, sigma=sigma, out_dtype=out_dtype)
-        return capdec(block, seed=seed, row_offset=row0, sigma=sigma, out_dtype=out_dtype)
+            return c3(block, stats.mu_t, seed=seed, row_offset=row0, sigma=sigma, out_dtype=out_dtype, out=out)
+        return capdec(block, seed=seed, row_offset=row0, sigma=sigma, out_dtype=out_dtype, out=out)
 
 
 METHODS: dict[str, Method] = {
