@@ -17,6 +17,7 @@ from revision.kernels.realign_project import (
     bounded,
     check_means,
     check_scale,
+    projection_offset,
     realign_project_ref,
 )
 from revision.kernels.rows_cpu import inverse_norms_, map_row_parts, tiles
@@ -180,10 +181,8 @@ def realign_apply_native(
     out = prepare_out("realign_apply_native", out, n, d, out_dtype, y.device)
     if n == 0:
         return out
-    mu_i64 = mu_i.to("cpu", torch.float64)
-    offset = mu_i64 - s * mu_t.to("cpu", torch.float64)
-    shift = mu_i64 - mu_hat.to("cpu", torch.float64)
-    native.apply_native(y, offset.float(), s, shift.float(), out)
+    shift = mu_i.to("cpu", torch.float64) - mu_hat.to("cpu", torch.float64)
+    native.apply_native(y, projection_offset(mu_t, mu_i, s), s, shift.float(), out)
     return out
 
 

@@ -18,6 +18,7 @@ from revision.kernels.realign_project import (
     bounded,
     check_means,
     check_scale,
+    projection_offset,
     realign_project_ref,
 )
 from revision.kernels.rows_cpu import map_row_parts, tiles
@@ -166,8 +167,7 @@ def realign_centroid_native(
         raise ValueError("realign_centroid_native: a matrix scale takes the torch path")
     if n == 0:
         return 0, torch.zeros(d, dtype=torch.float64)
-    offset = mu_i.to("cpu", torch.float64) - s * mu_t.to("cpu", torch.float64)
-    return n, native.centroid_native(y, offset.float(), s)
+    return n, native.centroid_native(y, projection_offset(mu_t, mu_i, s), s)
 
 
 def realign_centroid(y: torch.Tensor, mu_t: torch.Tensor, mu_i: torch.Tensor, scale: Scale) -> tuple[int, torch.Tensor]:

@@ -59,6 +59,12 @@ def realign_project_ref(y: torch.Tensor, mu_t: torch.Tensor, mu_i: torch.Tensor,
     return unit_rows_ref(mu_i.to(y.device, torch.float64) + moved)
 
 
+def projection_offset(mu_t: torch.Tensor, mu_i: torch.Tensor, scale: float) -> torch.Tensor:
+    """mu_i − scale · mu_t in float64, rounded to fp32 once: the constant of the CPU paths' per-row
+    h = offset + (scale / ||y||) · y (the torch path and the C kernels share it)."""
+    return (mu_i.to("cpu", torch.float64) - scale * mu_t.to("cpu", torch.float64)).float()
+
+
 class ProjectionTorch:
     """The fast torch step for one (mu_t, mu_i, scale): fp32 tile in → h (unscaled) and its row factors."""
 
@@ -71,7 +77,7 @@ class ProjectionTorch:
             self.scale = 1.0
         else:
             self.scale = float(scale)
-            self.offset = (mu_i.to("cpu", torch.float64) - self.scale * mu_t.to("cpu", torch.float64)).float()
+            self.offset = projection_offset(mu_t, mu_i, self.scale)
 
     def buffers(self, dim: int, *, f64: bool = False) -> TileBuffers:
         """Scratch tiles for one thread's share of the rows (the matrix product needs float64 tiles)."""

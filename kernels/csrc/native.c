@@ -173,17 +173,8 @@ static inline float unit_factor(float *restrict x, int64_t d, float sumsq, int s
 /* The projected row h = u(offset + s * u(x)) as the torch path computes it, from a row and its sum of
  * squares: fp32 h in place, returns its unit factor. */
 static inline float project_row(float *restrict x, int64_t d, float sumsq, const float *restrict offset, float s) {
-    float r = fast_inverse(sumsq);
-    if (r == 0.0f) {
-        unit_rule_row(x, d);
-        r = 1.0f;
-    }
-    float r2 = fast_inverse(axpy_sumsq(x, offset, r * s, d));
-    if (r2 == 0.0f) {
-        unit_rule_row(x, d);
-        r2 = 1.0f;
-    }
-    return r2;
+    float r = unit_factor(x, d, sumsq, 0);
+    return unit_factor(x, d, axpy_sumsq(x, offset, r * s, d), 0);
 }
 
 typedef struct {
@@ -293,11 +284,7 @@ CLONES static void apply_rows(const char *base, int dt, int64_t stride, int64_t 
     for (int64_t i = 0; i < n; i++) {
         float sumsq = load_row(base + i * stride, dt, d, row);
         float r2 = project_row(row, d, sumsq, offset, s);
-        float r3 = fast_inverse(axpy_sumsq(row, shift, r2, d));
-        if (r3 == 0.0f) {
-            unit_rule_row(row, d);
-            r3 = 1.0f;
-        }
+        float r3 = unit_factor(row, d, axpy_sumsq(row, shift, r2, d), 0);
         if (out_dt == DT_F32) {
             float *o = (float *)out + i * d;
             for (int64_t j = 0; j < d; j++) o[j] = row[j] * r3;
