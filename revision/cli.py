@@ -1,57 +1,105 @@
-"""The `revision` command line: one command, one module per subcommand in `revision.commands`."""
+"""The `revision` command line: one command, one module per subcommand in `revision.commands`.
+
+Start-up stays fast because only the chosen subcommand's module is imported: the other subcommands
+appear in `revision --help` from the registry below (name, module, one-line help). A command module's
+`register()` must import nothing heavy (torch, faiss, matplotlib, transformers); its `run()` imports
+what the work needs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from typing import NamedTuple
 
-from revision.errors import UserError
-from revision.store import ConfigError, StoreError
 
-# Order is the order shown in `revision --help`.
-COMMANDS: tuple[str, ...] = (
-    "demo",
-    "embed",
-    "ingest",
-    "info",
-    "fit",
-    "apply",
-    "align",
-    "align_pkl",
-    "diagnose",
-    "export",
-    "bench",
+class Command(NamedTuple):
+    name: str
+    """What the user types: `revision NAME`."""
+    module: str
+    """`revision.commands.<module>`, which has register(subparsers) and run(args)."""
+    help: str
+    """The line shown in `revision --help` (the module's own add_parser help should say the same)."""
+
+
+# Order is the order shown in `revision --help`. Adding a command is adding one line here.
+COMMANDS: tuple[Command, ...] = (
+    Command("demo", "demo", "run the whole pipeline on a built-in synthetic corpus"),
+    Command("embed", "embed", "embed images and texts with a dual encoder (CLIP, SigLIP, LLM2CLIP) into stores"),
+    Command("ingest", "ingest", "import embeddings into a feature store"),
+    Command("info", "info", "describe a feature store"),
+    Command("fit", "fit", "fit alignment statistics (passes 1-2) and save them"),
+    Command("apply", "apply", "align a text store with saved statistics (pass 3)"),
+    Command("align", "align", "align a text store to an image store (fit + apply)"),
+    Command("align-pkl", "align_pkl", "ReAlign on reference pickle directories (drop-in for the reference script)"),
+    Command("diagnose", "diagnose", "measure the modality gap (raw vs aligned) and write an HTML report"),
+    Command("export", "export", "write a feature store to another format"),
+    Command("bench", "bench", "run a benchmark script"),
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: list[str]) -> Command | None:
+    """The subcommand argv names: the first argument that is not an option (the top level has no
+    options taking a value), if it is a known command."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return next((c for c in COMMANDS if c.name == arg), None)
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, complete for the subcommand `argv` names (all of them when `argv` is None); the
+    others are listed with their help line only, so their modules are not imported."""
     parser = argparse.ArgumentParser(
         prog="revision",
         description="Out-of-core embedding store and modality-gap alignment (ReAlign).",
+        epilog="`revision COMMAND --help` describes a command, with examples.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        module = importlib.import_module(f"revision.commands.{name}")
-        module.register(sub)
+    chosen = None if argv is None else _chosen(argv)
+    for cmd in COMMANDS:
+        if argv is None or cmd is chosen:
+            importlib.import_module(f"revision.commands.{cmd.module}").register(sub)
+        else:
+            sub.add_parser(cmd.name, help=cmd.help)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = "?"
+    try:
+        # Everything, the imports of the chosen command included, runs inside this try: Ctrl-C while
+        # torch loads is an interruption like any other, not a traceback.
+        args = build_parser(argv).parse_args(argv)
+        command = args.command
+        return _run(args)
+    except KeyboardInterrupt:
+        if command == "?":
+            print("revision: interrupted", file=sys.stderr)
+        else:
+            print(f"revision {command}: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from revision.errors import UserError
+    from revision.store import ConfigError
+
     try:
         return int(args.func(args) or 0)
-    except (UserError, StoreError, ConfigError) as exc:
-        print(f"revision {args.command}: error: {exc}", file=sys.stderr)
+    except (UserError, ConfigError) as exc:
+        # StoreError is a UserError. One line: a message spanning lines would read as a traceback.
+        message = str(exc).replace("\n", " ")
+        print(f"revision {args.command}: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `revision ... | head` closed our stdout: not an error worth a traceback.
         sys.stdout = None  # type: ignore[assignment]
         return 0
-    except KeyboardInterrupt:
-        print(f"revision {args.command}: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from revision.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Method names, in the order `--method` lists them (the registry in methods.py implements each).
 METHOD_NAMES: tuple[str, ...] = ("realign", "realign-ot", "mean-shift", "c3", "capdec", "gap-shift")
@@ -65,8 +66,9 @@ class AlignConfig:
             raise UserError(f"--method: {self.method!r} is not one of {', '.join(METHOD_NAMES)}")
         if self.out_dtype not in OUT_DTYPES:
             raise UserError(f"--out-dtype: {self.out_dtype!r} is not one of {', '.join(OUT_DTYPES)}")
-        if self.gap_lambda is not None and not math.isfinite(self.gap_lambda):
-            raise UserError(f"--gap-lambda must be a finite number, got {self.gap_lambda}")
+        if self.gap_lambda is not None and not (math.isfinite(self.gap_lambda) and self.gap_lambda >= 0):
+            # A negative distance would move text away from the images: never what gap-shift is for.
+            raise UserError(f"--gap-lambda must be a finite number ≥ 0, got {self.gap_lambda}")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise UserError(f"--noise-std must be a finite number ≥ 0, got {self.noise_std}")
         if not 0.0 <= self.shrinkage <= 1.0:
@@ -93,6 +95,8 @@ class AlignConfig:
 
     def torch_device(self) -> torch.device:
         """The resolved device; asking for CUDA without one is a UserError naming --device."""
+        import torch  # here, not at the top: the CLI reads this module's names without loading torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():

@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 
 from revision.align.cli_flags import add_method_flags, add_run_flags, config_from_args
-from revision.align.engine import align_stores
-from revision.align.stats import export_trace_stats
 
 EPILOG = """example:
   revision align --text text.zarr --image image.zarr --out aligned.zarr
@@ -42,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from revision.align.engine import align_stores
+    from revision.align.stats import export_trace_stats
+
     cfg = config_from_args(args)
     result = align_stores(args.text, args.image, args.out, config=cfg)
     if args.export_trace_stats is not None:

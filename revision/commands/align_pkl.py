@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from revision.align.pickle_compat import PickleAlignConfig, align_pickles
 from revision.errors import UserError
 
 EPILOG = """example (the reference script's flags, unchanged):
@@ -69,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from revision.align.pickle_compat import PickleAlignConfig, align_pickles
+
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UserError(f"--output_dir {args.output_dir}: exists and is not a directory")
     cfg = PickleAlignConfig(

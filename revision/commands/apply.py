@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from revision.align.cli_flags import add_run_flags, config_from_args
-from revision.align.engine import apply_stats
-from revision.align.methods import METHODS
-from revision.align.stats import load_stats
+from revision.align.config import METHOD_NAMES
 from revision.errors import UserError
 
 EPILOG = """example:
@@ -35,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--method",
         default=None,
-        choices=tuple(METHODS),
+        choices=METHOD_NAMES,
         help="optional check: refuse statistics fitted for another method (default: take the stats' method)",
     )
     add_run_flags(p, writes=True)
@@ -43,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from revision.align.engine import apply_stats
+    from revision.align.stats import load_stats
+
     stats = load_stats(args.stats)
     if args.method is not None and args.method != stats.method:
         raise UserError(f"--stats {args.stats}: statistics fitted for --method {stats.method}, not {args.method}")
