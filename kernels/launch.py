@@ -24,6 +24,20 @@ def check_rows(op: str, *, require_contiguous: bool = True, **tensors: torch.Ten
             raise ValueError(f"{op}: {name} rows overlap (stride {tuple(x.stride())})")
 
 
+def rows_readable_in_place(x: torch.Tensor) -> bool:
+    """True when a row kernel (C or Triton) can read the (n, D) tensor where it lies: unit column stride
+    (any when D = 1, as only column 0 is read) and, for more than one row, rows at least D elements
+    apart. Views outside this (column steps, transposes, zero strides from `expand`) need a copy."""
+    n, d = x.shape
+    return (d <= 1 or x.stride(1) == 1) and (n <= 1 or x.stride(0) >= d)
+
+
+def kernel_rows(x: torch.Tensor) -> torch.Tensor:
+    """x itself when a row kernel reads it in place, else its contiguous copy (for the dispatches: the
+    Triton launchers refuse other layouts, and a device-side copy costs one sweep of the chunk)."""
+    return x if x.dim() != 2 or rows_readable_in_place(x) else x.contiguous()
+
+
 def check_vector(op: str, name: str, v: torch.Tensor, dim: int) -> None:
     """v must be a floating (D,) tensor."""
     if not isinstance(v, torch.Tensor):

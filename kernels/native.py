@@ -17,6 +17,7 @@ from types import ModuleType
 
 import torch
 
+from revision.kernels.launch import rows_readable_in_place
 from revision.kernels.moments import Moments, merge_moments
 from revision.kernels.nonfinite import BadRowError
 from revision.kernels.rows_cpu import map_row_parts
@@ -39,16 +40,30 @@ def available() -> bool:
 
 
 def supports(x: torch.Tensor) -> bool:
-    """Rows the C kernels can read: a CPU (n, D ≥ 1) fp32/fp16/bf16 tensor with contiguous rows."""
+    """Rows the C kernels read in place: a CPU (n, D ≥ 1) fp32/fp16/bf16 tensor whose columns are
+    adjacent (unit column stride when D > 1) and whose rows do not overlap (launch.rows_readable_in_place).
+
+    Any other layout (column steps, transposes, `expand`'s zero strides) takes the op's torch path,
+    which copies each cache-sized tile to fp32 anyway and so reads any strides without copying the
+    whole chunk. Any address is fine: the C code reads and writes through memcpy.
+    """
     return (
         available()
         and x.device.type == "cpu"
         and x.dim() == 2
         and x.shape[1] > 0
         and x.dtype in _CODES
-        and (x.shape[0] <= 1 or x.stride(1) == 1)
-        and x.stride(0) >= x.shape[1]
+        and rows_readable_in_place(x)
     )
+
+
+def _check(op: str, x: torch.Tensor) -> None:
+    """The C launchers' own check, so a direct call never reads a layout the kernels would misread."""
+    if not supports(x):
+        raise ValueError(
+            f"{op}: the C kernels read CPU fp32/fp16/bf16 (n, D ≥ 1) rows with unit column stride and rows "
+            f"at least D apart; got {x.dtype} {tuple(x.shape)} stride {tuple(x.stride())} on {x.device}"
+        )
 
 
 def _lib() -> ModuleType:
@@ -71,6 +86,7 @@ def row_stats_native(x: torch.Tensor, *, normalize: bool = True, screen: bool = 
     screen: raise BadRowError at the first row holding NaN/±Inf or only zeros.
     """
     lib = _lib()
+    _check("row_stats_native", x)
     n, d = x.shape
 
     def work(first: int, last: int) -> Moments:
@@ -94,6 +110,7 @@ def row_stats_native(x: torch.Tensor, *, normalize: bool = True, screen: bool = 
 def centroid_native(y: torch.Tensor, offset: torch.Tensor, scale: float) -> torch.Tensor:
     """Σ over rows of h = u(offset + scale · u(y)) in float64; offset is the fp32 mu_i − scale · mu_t."""
     lib = _lib()
+    _check("centroid_native", y)
     n, d = y.shape
     off = offset.to(torch.float32).contiguous()
 
@@ -111,6 +128,7 @@ def centroid_native(y: torch.Tensor, offset: torch.Tensor, scale: float) -> torc
 def apply_native(y: torch.Tensor, offset: torch.Tensor, scale: float, shift: torch.Tensor, out: torch.Tensor) -> None:
     """out ← u(h − mu_hat + mu_i) for every row; `shift` is the fp32 mu_i − mu_hat, `out` contiguous."""
     lib = _lib()
+    _check("apply_native", y)
     n, d = y.shape
     if out.dtype not in _CODES or not out.is_contiguous() or tuple(out.shape) != (n, d):
         raise ValueError(f"apply_native: out must be a contiguous ({n}, {d}) fp32/fp16/bf16 tensor")

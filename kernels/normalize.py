@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from revision.kernels.backend import select_backend, triton_available
-from revision.kernels.launch import check_rows, interpreter_or_cuda, prepare_out
+from revision.kernels.launch import check_rows, interpreter_or_cuda, kernel_rows, prepare_out
 from revision.kernels.rows_cpu import map_row_parts, tiles, unit_rows_
 from revision.kernels.unit_rule import unit_rows_ref
 
@@ -83,7 +83,7 @@ def normalize_rows(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch
     """
     backend = select_backend(x)
     if backend == "triton":
-        return normalize_rows_triton(x, out=out)
+        return normalize_rows_triton(kernel_rows(x), out=out)
     if backend == "ref":
         result = normalize_rows_ref(x)
         return (

@@ -10,7 +10,7 @@ import torch
 
 from revision.kernels import native
 from revision.kernels.backend import select_backend, triton_available
-from revision.kernels.launch import check_out_dtype, check_rows, interpreter_or_cuda, prepare_out
+from revision.kernels.launch import check_out_dtype, check_rows, interpreter_or_cuda, kernel_rows, prepare_out
 from revision.kernels.realign_project import (
     ProjectionTorch,
     Scale,
@@ -203,7 +203,7 @@ def realign_apply(
     """
     backend = select_backend(y)
     if backend == "triton":
-        return realign_apply_triton(y, mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype, out=out)
+        return realign_apply_triton(kernel_rows(y), mu_t, mu_i, scale, mu_hat, out_dtype=out_dtype, out=out)
     if backend == "ref":
         n, d = y.shape
         check_means("realign_apply_ref", d, mu_t=mu_t, mu_i=mu_i, mu_hat=mu_hat)

@@ -11,7 +11,7 @@ import torch
 
 from revision.kernels import native
 from revision.kernels.backend import select_backend, triton_available
-from revision.kernels.launch import check_rows, interpreter_or_cuda
+from revision.kernels.launch import check_rows, interpreter_or_cuda, kernel_rows
 from revision.kernels.realign_project import (
     ProjectionTorch,
     Scale,
@@ -177,7 +177,7 @@ def realign_centroid(y: torch.Tensor, mu_t: torch.Tensor, mu_i: torch.Tensor, sc
     """
     backend = select_backend(y)
     if backend == "triton":
-        return realign_centroid_triton(y, mu_t, mu_i, scale)
+        return realign_centroid_triton(kernel_rows(y), mu_t, mu_i, scale)
     if backend == "ref":
         n, d = y.shape
         check_means("realign_centroid_ref", d, mu_t=mu_t, mu_i=mu_i)

@@ -10,7 +10,7 @@ import torch
 
 from revision.kernels import native
 from revision.kernels.backend import select_backend, triton_available
-from revision.kernels.launch import check_rows, interpreter_or_cuda
+from revision.kernels.launch import check_rows, interpreter_or_cuda, kernel_rows
 from revision.kernels.moments import Moments, merge_moments
 from revision.kernels.nonfinite import first_bad_row
 from revision.kernels.normalize import normalize_rows
@@ -241,7 +241,7 @@ def row_stats(x: torch.Tensor, *, normalize: bool = True, second_moment: bool = 
     if screen and (bad := first_bad_row(x)) is not None:
         raise bad
     if backend == "triton":
-        return row_stats_triton(x, normalize=normalize, second_moment=second_moment)
+        return row_stats_triton(kernel_rows(x), normalize=normalize, second_moment=second_moment)
     if backend == "ref":
         return row_stats_ref(x, normalize=normalize, second_moment=second_moment)
     return row_stats_torch(x, normalize=normalize, second_moment=second_moment)

@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 
 from revision.kernels.backend import select_backend, triton_available
-from revision.kernels.launch import check_out_dtype, check_rows, check_vector, interpreter_or_cuda, prepare_out
+from revision.kernels.launch import (
+    check_out_dtype,
+    check_rows,
+    check_vector,
+    interpreter_or_cuda,
+    kernel_rows,
+    prepare_out,
+)
 from revision.kernels.noise import NoiseScratch, gaussian_noise_into, gaussian_noise_ref, seed_key
 from revision.kernels.rows_cpu import TileBuffers, map_row_parts, tiles, unit_rows_
 from revision.kernels.unit_rule import unit_rows_ref
@@ -204,7 +211,7 @@ def shift_rows(
     )  # fmt: skip
     backend = select_backend(x)
     if backend == "triton":
-        return shift_rows_triton(x, shift, out=out, **kwargs)  # type: ignore[arg-type]
+        return shift_rows_triton(kernel_rows(x), shift, out=out, **kwargs)  # type: ignore[arg-type]
     if backend == "ref":
         check_rows("shift_rows_ref", x=x, require_contiguous=False)
         _check("shift_rows_ref", x, shift, int(row_offset), out_dtype)
