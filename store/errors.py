@@ -8,3 +8,7 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """Bad input, flag or file. The message names the file, row or flag at fault."""
+
+
+class DamagedStoreError(UserError):
+    """A store's files are missing, truncated or corrupt; the message names the file."""

@@ -11,7 +11,19 @@ All arrays share one row chunking and sharding. The commit protocol: data shards
 first (each file replaced atomically), then each array's zarr.json with the new shape, then the
 group's zarr.json with the new row count — the commit point. A reader trusts the group's count; a
 writer that opens a store repairs anything a crash left past it. A SIGKILL at any moment therefore
-leaves the store readable at its last commit.
+leaves the store readable at its last commit. Commits are durable by default (every file fsynced
+before its rename, directories after; see atomic.py), so the same holds after a power cut.
+
+What another Zarr v3 reader (zarr-python) sees after a crash at any point of a commit: every array
+opens, and every row below an array's own shape reads back the data that was appended (shards are
+always written before any shape grows, so no row inside a shape is a fill value). Between the first
+array's zarr.json and the group's, array shapes may differ from each other and from the group's
+committed count (`attributes.revision.rows`), which is the one to slice to; the next writer to open
+the store sets every shape back to the committed count.
+
+One writer at a time: opening for writing (`create`, `open(mode="a")`) takes an exclusive lock
+(lock.py) before anything is touched, and the crash repair is done only by the lock holder, so a
+second writer is refused with the holder's pid and command instead of deleting the first one's work.
 """
 
 from __future__ import annotations
@@ -27,12 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
+from . import faults
+from .atomic import atomic_write_bytes, fsync_dir, make_dirs, resolve_durable, write_error
 from .config import DTYPES, FORMAT_VERSION, META_KINDS, StoreConfig
 from .errors import UserError
+from .lock import WriterLock
 from .readahead import read_ahead
 from .shard import ArraySpec, ShardReader
-from .writer import ArrayWriter
+from .writer import ArrayWriter, BrokenWriterError
 
 _COLUMN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _READ_BLOCK_BYTES = 16 << 20
@@ -84,6 +98,9 @@ class FeatureStore:
         self._readers: dict[str, ShardReader] = {}
         self._writers: dict[str, ArrayWriter] | None = None
         self._pending_attrs: dict[str, Any] = {}
+        self._lock: WriterLock | None = None
+        self._broken: BaseException | None = None
+        self._durable = False
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -94,9 +111,15 @@ class FeatureStore:
         *,
         metadata_columns: dict[str, str] | None = None,
         attrs: dict[str, Any] | None = None,
-        durable: bool = False,
+        progress: dict[str, Any] | None = None,
+        durable: bool | None = None,
     ) -> FeatureStore:
-        """Create an empty store at `path` (which must not exist) and open it for appending."""
+        """Create an empty store at `path` (which must not exist) and open it for appending.
+
+        `progress` is recorded in the first commit, so a job killed before its own first commit can
+        still recognise the store as its own and resume. The returned store holds the writer lock.
+        `durable=None`: fsync commits unless REVISION_NO_FSYNC=1 (see atomic.py).
+        """
         p = Path(path)
         if p.exists():
             raise StoreError(f"{p}: already exists (open it with mode='a' to append or resume)")
@@ -113,30 +136,75 @@ class FeatureStore:
             "dtype": cfg.dtype,
             "rows": 0,
             "metadata_columns": list(columns.items()),
-            "progress": None,
+            "progress": progress,
         }
         user = dict(attrs or {})
         if "revision" in user:
             raise StoreError(f"{p}: the attribute name 'revision' is reserved")
-        # Build next to the destination and rename, so a crash never leaves a half-made store.
+        sync = resolve_durable(durable)
+        # Build next to the destination and rename, so a crash never leaves a half-made store. The
+        # lock is taken on the new directory before the rename and moves with it (flock belongs to
+        # the inode), so no other writer can slip in between the rename and our open.
         tmp = p.with_name(f".{p.name}.creating-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        store = cls(tmp, record, user, "a")
-        for spec in store._specs.values():
-            spec.write_metadata(0)
-        if columns:
-            atomic_write_bytes(tmp / "meta" / "zarr.json", _group_doc({}))
-        atomic_write_bytes(tmp / "zarr.json", _group_doc({"revision": record, **user}))
-        os.replace(tmp, p)
-        return cls.open(p, mode="a", durable=durable)
+        make_dirs(p.parent, durable=sync)
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise write_error(tmp, exc) from None
+        lock = WriterLock.acquire(tmp, f"{p}: store")
+        try:
+            store = cls(tmp, record, user, "a")
+            for spec in store._specs.values():
+                spec.write_metadata(0, durable=sync)
+            if columns:
+                atomic_write_bytes(tmp / "meta" / "zarr.json", _group_doc({}), durable=sync)
+            atomic_write_bytes(tmp / "zarr.json", _group_doc({"revision": record, **user}), durable=sync)
+            faults.point("rename", p)
+            try:
+                os.replace(tmp, p)
+            except OSError as exc:
+                if p.exists():
+                    raise StoreError(f"{p}: already exists (created by another process meanwhile)") from None
+                raise write_error(p, exc) from None
+            if sync:
+                fsync_dir(p.parent)
+        except BaseException:
+            lock.release()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        lock.path = p
+        return cls._open(p, "a", durable=sync, lock=lock)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], mode: str = "r", *, durable: bool = False) -> FeatureStore:
-        """Open an existing store read-only ("r") or for appending/resuming ("a")."""
+    def open(cls, path: str | os.PathLike[str], mode: str = "r", *, durable: bool | None = None) -> FeatureStore:
+        """Open an existing store read-only ("r") or for appending/resuming ("a").
+
+        "a" takes the store's writer lock first (LockedError, naming the holder, if another process
+        has it), then repairs what a crashed writer left past the last commit.
+        """
         if mode not in ("r", "a"):
             raise StoreError(f"mode must be 'r' or 'a', got {mode!r}")
-        p = Path(path)
+        return cls._open(Path(path), mode, durable=resolve_durable(durable), lock=None)
+
+    @classmethod
+    def _open(cls, p: Path, mode: str, *, durable: bool, lock: WriterLock | None) -> FeatureStore:
+        if mode == "a" and lock is None and (p / "zarr.json").is_file():
+            lock = WriterLock.acquire(p, f"{p}: store")
+        try:
+            store = cls._read(p, mode)
+            if mode == "a":
+                assert lock is not None
+                store._lock = lock
+                store._start_writing(durable)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return store
+
+    @classmethod
+    def _read(cls, p: Path, mode: str) -> FeatureStore:
         meta = p / "zarr.json"
         if not meta.is_file():
             raise StoreError(f"{p}: not a feature store (no zarr.json)")
@@ -151,10 +219,7 @@ class FeatureStore:
         if record.get("format_version", 0) > FORMAT_VERSION:
             raise StoreError(f"{p}: store format {record['format_version']} is newer than this revision")
         user = {k: v for k, v in attrs.items() if k != "revision"}
-        store = cls(p, record, user, mode)
-        if mode == "a":
-            store._start_writing(durable)
-        return store
+        return cls(p, record, user, mode)
 
     def _build_specs(self) -> dict[str, ArraySpec]:
         cfg = self.config
@@ -172,13 +237,18 @@ class FeatureStore:
         return specs
 
     def _start_writing(self, durable: bool) -> None:
-        """Repair what a crashed writer may have left past the last commit, then prepare buffers."""
+        """Repair what a crashed writer may have left past the last commit, then prepare buffers.
+
+        Only ever called with the writer lock held: the files removed here may otherwise be another
+        live writer's uncommitted work.
+        """
+        assert self._lock is not None and self._lock.held
         for stale in self.path.rglob(".*.tmp-*"):  # a temporary file a killed writer never renamed
             stale.unlink(missing_ok=True)
         for spec in self._specs.values():
             doc = json.loads((spec.path / "zarr.json").read_text())
             if doc["shape"][0] != self._rows:
-                spec.write_metadata(self._rows)
+                spec.write_metadata(self._rows, durable=durable)
             open_shard = self._rows // spec.shard_rows
             shard_dir = spec.path / "c"
             if shard_dir.is_dir():
@@ -197,11 +267,19 @@ class FeatureStore:
         self.close()
 
     def close(self) -> None:
-        """Release file handles. Uncommitted rows are dropped (commit first to keep them)."""
+        """Release file handles and the writer lock. Uncommitted rows are dropped (commit first to keep them)."""
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
         self._writers = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @property
+    def broken(self) -> bool:
+        """True once an append failed: nothing more is written; reopen the store to resume."""
+        return self._broken is not None
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -267,7 +345,12 @@ class FeatureStore:
     # -- writing ------------------------------------------------------------------------------
     def _require_writer(self) -> dict[str, ArrayWriter]:
         if self._writers is None:
-            raise StoreError(f"{self.path}: opened read-only (use mode='a' to write)")
+            raise StoreError(f"{self.path}: opened read-only or closed (use mode='a' to write)")
+        if self._broken is not None:
+            raise BrokenWriterError(
+                f"{self.path}: an earlier write failed ({self._broken}); nothing after the last commit "
+                f"({self._rows:,} rows) is kept: reopen the store to resume"
+            )
         return self._writers
 
     def append(
@@ -300,10 +383,16 @@ class FeatureStore:
             if len(values) != n:
                 raise StoreError(f"{self.path}: metadata column {name!r} has {len(values)} values for {n} rows")
             encoded[f"meta/{name}"] = _encode_column(name, kind, values, self.path)
-        writers["vectors"].append(arr)
-        writers["ids"].append(id_arr)
-        for key, values in encoded.items():
-            writers[key].append(values)
+        # Every array takes the rows or the store is broken: a failure between two arrays' appends
+        # would otherwise leave them at different lengths, and a later commit would publish that.
+        try:
+            writers["vectors"].append(arr)
+            writers["ids"].append(id_arr)
+            for key, values in encoded.items():
+                writers[key].append(values)
+        except BaseException as exc:
+            self._broken = exc
+            raise
 
     def set_attrs(self, **attrs: Any) -> None:
         """Set user attributes; written by the next commit."""
@@ -318,10 +407,14 @@ class FeatureStore:
         if attrs:
             self.set_attrs(**attrs)
         new_rows = writers["vectors"].rows
+        if any(w.rows != new_rows for w in writers.values()):  # cannot happen unless a bug broke append
+            raise StoreError(f"{self.path}: arrays disagree on their row counts; nothing committed")
+        # Order is the protocol: data, then shapes, then the count. A failure anywhere before the last
+        # write leaves the previous commit in force, and the buffers intact, so commit can be retried.
         for writer in writers.values():
             writer.flush_partial()
         for spec in self._specs.values():
-            spec.write_metadata(new_rows)
+            spec.write_metadata(new_rows, durable=self._durable)
         record = {**self._record, "rows": new_rows, "progress": progress}
         user = {**self._attrs, **self._pending_attrs}
         atomic_write_bytes(self.path / "zarr.json", _group_doc({"revision": record, **user}), durable=self._durable)

@@ -12,7 +12,6 @@ found with on-disk hash buckets (see idcheck.py), so memory follows the batch si
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -21,10 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .atomic import make_dirs
 from .config import ConfigError, StoreConfig, canonical_dtype
 from .errors import UserError
 from .idcheck import ID_HASH
 from .ingest_job import IngestJob, IngestSummary
+from .lock import WriterLock
 from .npy_io import NpySource
 from .parquet_io import ParquetSource
 from .pickle_io import PickleSource
@@ -144,18 +145,23 @@ def ingest(
 
 @contextmanager
 def _exclusive(dest: Path) -> Iterator[None]:
-    """One ingest per DEST at a time: a second one would write into the same staging or store."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    lock = dest.parent / f".{dest.name}.ingest.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    """One ingest per DEST at a time: a second one would write into the same staging or store.
+
+    The lock is on the staging directory (`.<name>.ingest` beside DEST, where a new store is built),
+    taken before anything is read or removed; the job removes that directory only while holding it.
+    """
+    staging = dest.parent / f".{dest.name}.ingest"
+    make_dirs(dest.parent)
+    staging.mkdir(exist_ok=True)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{dest}: another ingest into this DEST is running (lock {lock})") from None
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
+        lock = WriterLock.acquire(staging, f"{dest}: another ingest into this DEST is running;")
+    except FileNotFoundError:
+        raise UserError(f"{dest}: another ingest into this DEST finished or gave up meanwhile; re-run") from None
+    try:
+        yield
     finally:
-        os.close(fd)
+        try:
+            staging.rmdir()  # only when empty: a lock-only directory (appends, finished jobs)
+        except OSError:
+            pass
+        lock.release()

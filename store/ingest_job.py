@@ -131,8 +131,7 @@ class IngestJob:
                     st.close()
                 st = None
         if st is None:  # fresh start; any staging left by a different job is ours to discard
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging.mkdir(parents=True)
+            _clear_dir(self.staging)  # emptied, not replaced: the ingest lock is on this directory
             st = FeatureStore.create(store_dir, cfg, metadata_columns=self.source.metadata_columns, attrs=self._attrs())
             state, mode = JobState(), "new"
             st.commit(progress=state.progress(self.key))
@@ -297,3 +296,9 @@ def _progress_bar(total: int, done: int, show: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=done, unit="file", desc="ingest", file=sys.stderr)
+
+
+def _clear_dir(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for entry in d.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()

@@ -12,13 +12,19 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserError
 from .shard import ArraySpec, ShardReader
 
 
+class BrokenWriterError(UserError):
+    """A write failed earlier; this writer holds no consistent state. Reopen the store to resume."""
+
+
 class ArrayWriter:
-    def __init__(self, spec: ArraySpec, committed_rows: int, *, durable: bool = False) -> None:
+    def __init__(self, spec: ArraySpec, committed_rows: int, *, durable: bool | None = None) -> None:
         self.spec = spec
         self.durable = durable
+        self.broken: BaseException | None = None
         self.rows = committed_rows
         self._shard = committed_rows // spec.shard_rows
         self._chunks: list[bytes] = []  # encoded full chunks of the open shard
@@ -46,7 +52,22 @@ class ArrayWriter:
         finally:
             reader.close()
 
+    def _check(self) -> None:
+        if self.broken is not None:
+            raise BrokenWriterError(
+                f"{self.spec.path}: an earlier write failed ({self.broken}); reopen the store to resume "
+                "from its last commit"
+            )
+
     def append(self, values: np.ndarray | list[Any]) -> None:
+        self._check()
+        try:
+            self._append(values)
+        except BaseException as exc:
+            self.broken = exc
+            raise
+
+    def _append(self, values: np.ndarray | list[Any]) -> None:
         n = len(values)
         pos = 0
         cr = self.spec.chunk_rows
@@ -74,7 +95,12 @@ class ArrayWriter:
             self._shard += 1
 
     def flush_partial(self) -> None:
-        """Write the open shard with what it holds (a no-op when it holds nothing)."""
+        """Write the open shard with what it holds (a no-op when it holds nothing).
+
+        A failure here leaves the buffers as they were (the file is replaced whole or not at all), so
+        the commit that called it may simply be retried, e.g. once disk space has been freed.
+        """
+        self._check()
         if not self._chunks and not self._fill:
             return
         chunks = list(self._chunks)

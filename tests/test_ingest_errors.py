@@ -180,17 +180,16 @@ def test_flags_that_do_not_apply_are_named(tmp_path: Path) -> None:
 
 
 def test_a_second_concurrent_ingest_into_the_same_dest_is_refused(tmp_path: Path) -> None:
-    import fcntl
-    import os
+    from revision.store.lock import WriterLock
 
     _pkls(tmp_path / "src", [3])
-    lock = tmp_path / ".s.zarr.ingest.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    staging = tmp_path / ".s.zarr.ingest"
+    staging.mkdir()
+    lock = WriterLock.acquire(staging, "test")  # as a running ingest holds it
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running ingest holds it
         with pytest.raises(UserError, match="another ingest into this DEST is running"):
             ingest(tmp_path / "src", tmp_path / "s.zarr", fmt="reference-pkl", **SMALL)
     finally:
-        os.close(fd)
+        lock.release()
     assert not (tmp_path / "s.zarr").exists()
     assert ingest(tmp_path / "src", tmp_path / "s.zarr", fmt="reference-pkl", **SMALL).rows_added == 3
