@@ -94,20 +94,24 @@ class FeatureDataset(Dataset[dict[str, Any]]):
         n = len(ann)
         rows = np.empty(n, np.int64)
         examples: list[str] = []
+        first = -1
         for lo in range(0, n, block_records):
             hi = min(n, lo + block_records)
             ids = [_record_id(rec, self.id_key, path, i) for i, rec in ann.iter_records(lo, hi)]
             found = self.view.lookup(ids, missing="ignore")
             absent = np.flatnonzero(found < 0)
-            if absent.size and on_missing == "error":
-                k = int(absent[0])
-                raise DataError(
-                    f"{path}: record {lo + k}: id {ids[k]!r} is not in the feature view {self.view.path} "
-                    "(use --on-missing skip to skip such records)"
-                )
+            if absent.size and not examples:
+                first = lo + int(absent[0])
             examples.extend(ids[int(k)] for k in absent[: max(0, 10 - len(examples))])
             rows[lo:hi] = found
         missing = int((rows < 0).sum())
+        if missing and on_missing == "error":
+            # The whole file is joined first, so one run reports how many ids are missing, not just one.
+            raise DataError(
+                f"{path}: record {first}: id {examples[0]!r} is not in the feature view {self.view.path}; "
+                f"{missing:,} of {n:,} records have ids missing from it (e.g. {', '.join(map(repr, examples[:5]))}); "
+                "use --on-missing skip to skip such records"
+            )
         return rows, JoinReport(n, n - missing, missing, tuple(examples))
 
     def __len__(self) -> int:
@@ -155,15 +159,22 @@ class FeatureCollate:
     """Batch collate: {"embeds": (B, D) tensor, "rows": (B,) int64, "ids": [...], <text fields>: [...]}.
 
     embeds are gathered from the view in one call (in the worker process), converted to `dtype`,
-    then passed through `transform` if given. Picklable, so it runs inside DataLoader workers.
+    then passed through `transform` if given; `post` then maps the whole batch dict (e.g. adds the
+    tokenised text). Picklable, so it runs inside DataLoader workers.
     """
 
     def __init__(
-        self, view: FeatureView, *, dtype: torch.dtype = torch.float32, transform: Transform | None = None
+        self,
+        view: FeatureView,
+        *,
+        dtype: torch.dtype = torch.float32,
+        transform: Transform | None = None,
+        post: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.view = view
         self.dtype = dtype
         self.transform = transform
+        self.post = post
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rows = np.fromiter((s["row"] for s in samples), np.int64, len(samples))
@@ -174,4 +185,5 @@ class FeatureCollate:
         keys = [k for k in (samples[0] if samples else {}) if k != "row"]
         for key in keys:
             batch[key if key != "id" else "ids"] = [s.get(key) for s in samples]
-        return batch
+        # e.g. tokenising the text fields, so that too runs in the worker processes
+        return self.post(batch) if self.post is not None else batch

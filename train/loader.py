@@ -7,7 +7,9 @@ so the feature matrix is shared through the page cache, never copied into each p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -65,13 +67,14 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     multiprocessing_context: str | None = None,
+    post: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> DataLoader:
     """A DataLoader over `dataset` yielding FeatureCollate batches, positioned at `start_step` of `epoch`.
 
     The sampler reads feature rows in block-shuffled file order (`dataset.row_order()`); resuming at
     `start_step` yields exactly the batches an uninterrupted run would have yielded from there on.
     rank / world_size: this process's share in data-parallel training (e.g. torch.distributed's rank
-    and world size); every rank gets the same number of batches.
+    and world size); every rank gets the same number of batches. post: maps each collated batch.
     """
     cfg = config or LoaderConfig()
     sampler = BlockShuffleSampler(
@@ -85,7 +88,7 @@ def make_loader(
         world_size=world_size,
     )
     sampler.set_start(min(sampler.total, start_step * cfg.batch_size * world_size))
-    collate = FeatureCollate(dataset.view, dtype=getattr(torch, cfg.embed_dtype), transform=transform)
+    collate = FeatureCollate(dataset.view, dtype=getattr(torch, cfg.embed_dtype), transform=transform, post=post)
     pin = torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory
     workers = cfg.num_workers
     return DataLoader(
