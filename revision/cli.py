@@ -35,6 +35,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("align-pkl", "align_pkl", "ReAlign on reference pickle directories (drop-in for the reference script)"),
     Command("diagnose", "diagnose", "measure the modality gap (raw vs aligned) and write an HTML report"),
     Command("export", "export", "write a feature store to another format"),
+    Command("train", "train", "train a projector + causal LM on feature rows (ReVision)"),
+    Command("caption", "caption", "generate text from feature rows with a trained run"),
     Command("bench", "bench", "run a benchmark script"),
 )
 
