@@ -1,10 +1,18 @@
 """The reference implementation's pickle layout: read safely, write exactly.
 
 A reference pickle is a `list` of `dict`s such as `{"id": str, "caption": str, "embed": float16
-vector}`. Pickles can run arbitrary code when loaded, so they are read with an unpickler that admits
-only the globals this layout needs (numpy array, dtype and scalar reconstruction); anything else is
-refused before it is called. Writing uses protocol 4, the reference's own, so a record list written
-here loads back as equal dicts with the same key order, value types and vector bytes.
+vector}`. Pickles can run arbitrary code when loaded, so they are read with the restricted unpickler
+of `pickle_safe` (numpy arrays and plain values only; see there for what it refuses and how).
+Writing uses protocol 4, the reference's own, so a record list written here loads back as equal
+dicts with the same key order, value types and vector bytes.
+
+Reading the layout (`PickleSource`): ids follow the rule of every format (`sources.id_string`: str
+and np.str_ as they are, int and numpy integers in decimal). Metadata kinds are inferred from every
+record of the first file (`sources.infer_column_kind`: a column with a None, a mix of types or an
+int beyond int64 is "json"); later files must fit those kinds. Vectors may be float16, float32 or
+float64 (not float128); the widest dtype of the first file sets the store's dtype, which is fixed
+when the store is created, so a later record whose values that dtype cannot hold exactly is rounded
+with a PrecisionWarning naming its file and item (`--dtype float32` keeps them).
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import reprlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,70 +30,42 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import UserError
-from .sources import Batch, Source, infer_kind, require_modality, value_fits
-
-#: The globals a list of dicts of str/numbers/numpy arrays needs, across numpy 1.x (`numpy.core`) and
-#: 2.x (`numpy._core`) and pickle protocols 2 (bytes via `_codecs.encode`) to 5 (`_frombuffer`).
-ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-        ("builtins", "bytearray"),
-    }
+from .pickle_safe import ALLOWED_GLOBALS, RefusedGlobal, RestrictedUnpickler, load_pickle_restricted
+from .sources import (
+    Batch,
+    NotJson,
+    Source,
+    id_string,
+    infer_column_kind,
+    require_modality,
+    to_json_value,
+    value_fits,
 )
+
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "PROTOCOL",
+    "PickleSource",
+    "PrecisionWarning",
+    "RefusedGlobal",
+    "RestrictedUnpickler",
+    "list_reference_pickles",
+    "load_pickle_restricted",
+    "load_reference_pickle",
+    "reference_file_names",
+    "write_reference_pickle",
+]
 
 #: Protocol of the reference's pickles (Python's default since 3.8).
 PROTOCOL = 4
 
 _REFERENCE_NAME = re.compile(r"^(text|image)_embeds_(\d+)\.pkl$")
+#: Vector dtypes the store can take (by item size); float128 (long double) is refused by name.
+_VECTOR_ITEMSIZES = (2, 4, 8)
 
 
-class RefusedGlobal(pickle.UnpicklingError):
-    """A pickle asked for a global outside the allow-list."""
-
-    def __init__(self, module: str, name: str) -> None:
-        super().__init__(f"{module}.{name}")
-        self.module = module
-        self.name = name
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler whose `find_class` resolves only `ALLOWED_GLOBALS`; nothing else can be called."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in ALLOWED_GLOBALS:
-            raise RefusedGlobal(module, name)
-        return super().find_class(module, name)
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not part of the reference layout")
-
-
-def load_pickle_restricted(path: str | os.PathLike[str]) -> Any:
-    """Unpickle `path` with the restricted unpickler. Errors become a UserError naming the file."""
-    p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            obj = RestrictedUnpickler(fh).load()
-    except RefusedGlobal as exc:
-        raise UserError(
-            f"{p}: refused to load: the pickle asks for {exc.module}.{exc.name}, which the reference layout "
-            "never needs (a pickle can run code on load; only numpy arrays and plain values are allowed)"
-        ) from None
-    except FileNotFoundError:
-        raise UserError(f"{p}: no such file") from None
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise UserError(f"{p}: truncated or unreadable pickle ({type(exc).__name__}: {exc})") from None
-    except MemoryError:
-        raise UserError(f"{p}: corrupt pickle (asks for more memory than there is)") from None
-    return obj
+class PrecisionWarning(UserWarning):
+    """Vectors of a later input file are wider than the store's dtype, fixed by the first file."""
 
 
 def load_reference_pickle(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -142,34 +124,50 @@ def reference_file_names(modality: str, n_files: int) -> list[str]:
 class PickleSource(Source):
     """A directory (or one file) of reference pickles as an ingest source.
 
-    The layout is fixed by the first record that has a vector: its key order, its `embed` length
-    and dtype, and the type of each other value (each key other than `id` and `embed` becomes a
-    metadata column). Every later record must match, or the ingest stops naming the file and item.
+    The layout is fixed by the first file that has a vector: the first such record's key order and
+    `embed` length, the widest `embed` dtype and each other key's kind over all its records (each key
+    other than `id` and `embed` becomes a metadata column). Every later record must match, or the
+    ingest stops naming the file and item.
     """
 
     item_word = "item"
 
     def __init__(self, src: str | os.PathLike[str], modality: str | None = None) -> None:
         files, found = list_reference_pickles(src, modality)
+        self.files = files
         self._cache: tuple[int, list[dict[str, Any]]] | None = None
-        first = self._first_record(files)
-        if first is None:
+        self._warned: set[int] = set()
+        first_file = self._first_file_with_vectors(files)
+        if first_file is None:
             raise UserError(f"{src}: empty input: no record has an embedding")
+        records = self._load(first_file)
+        first = next(r for r in records if r["embed"] is not None)
         keys = list(first)
+        where = files[first_file]
         for needed in ("id", "embed"):
             if needed not in keys:
-                raise UserError(f"{files[0]}: wrong item layout: records have no {needed!r} key (keys {keys})")
+                raise UserError(f"{where}: wrong item layout: records have no {needed!r} key (keys {keys})")
         embed = first["embed"]
         if not isinstance(embed, np.ndarray) or embed.ndim != 1 or embed.dtype.kind != "f" or embed.size == 0:
-            raise UserError(f"{files[0]}: wrong item layout: 'embed' must be a 1-D float numpy vector")
-        columns = {k: infer_kind(v) for k, v in first.items() if k not in ("id", "embed")}
+            raise UserError(f"{where}: wrong item layout: 'embed' must be a 1-D float numpy vector")
+        # Only records of the first record's layout inform the kinds; the others fail in _check later.
+        alike = [(i, r) for i, r in enumerate(records) if tuple(r) == tuple(keys) and r["embed"] is not None]
+        widths = set()
+        for i, rec in alike:
+            e = rec["embed"]
+            if isinstance(e, np.ndarray) and e.dtype.kind == "f":
+                if e.dtype.itemsize not in _VECTOR_ITEMSIZES:
+                    raise UserError(_too_wide(f"{where}: item {i}", e.dtype))
+                widths.add(e.dtype)
+        src_dtype = max(widths, key=lambda d: d.itemsize)
+        columns = {k: infer_column_kind(r[k] for _, r in alike) for k in keys if k not in ("id", "embed")}
         super().__init__(
             fmt="reference-pkl",
             path=Path(src),
             files=files,
             modality=require_modality(Path(src), found),
             dim=int(embed.shape[0]),
-            src_dtype=embed.dtype,
+            src_dtype=src_dtype,
             metadata_columns=columns,
             id_source="id",
             listing=list(files),
@@ -184,41 +182,76 @@ class PickleSource(Source):
             self._cache = (file_index, load_reference_pickle(self.files[file_index]))
         return self._cache[1]
 
-    def _first_record(self, files: list[Path]) -> dict[str, Any] | None:
-        self.files = files
+    def _first_file_with_vectors(self, files: list[Path]) -> int | None:
         for i in range(len(files)):
             for j, rec in enumerate(self._load(i)):
                 if "embed" not in rec:
                     raise UserError(f"{files[i]}: item {j}: wrong item layout: records have no 'embed' key")
                 if rec["embed"] is not None:
-                    return rec
+                    return i
         return None
 
     def close(self) -> None:
         self._cache = None
 
-    def _check(self, file_index: int, item: int, rec: dict[str, Any]) -> None:
+    def _check(self, file_index: int, item: int, rec: dict[str, Any]) -> tuple[str, list[Any]]:
+        """Validate one record; return its id and its metadata values as the store takes them."""
         where = f"{self.files[file_index]}: item {item}"
         if tuple(rec) != self._keys:
             raise UserError(
-                f"{where}: wrong item layout: keys {list(rec)} differ from the first record's {list(self._keys)}"
+                f"{where}: wrong item layout: keys {_short(list(rec))} differ from the first record's "
+                f"{list(self._keys)}"
             )
-        if type(rec["id"]) is not str:
-            raise UserError(f"{where}: wrong item layout: 'id' is a {type(rec['id']).__name__}, not a str")
+        ident = id_string(rec["id"])
+        if ident is None:
+            raise UserError(
+                f"{where}: wrong item layout: 'id' is {_short(rec['id'])} ({type(rec['id']).__name__}); "
+                "ids must be str or int"
+            )
         embed = rec["embed"]
         if not isinstance(embed, np.ndarray) or embed.dtype.kind != "f" or embed.ndim != 1:
-            raise UserError(f"{where} (id {rec['id']!r}): wrong item layout: 'embed' is not a 1-D float numpy vector")
+            raise UserError(f"{where} (id {ident!r}): wrong item layout: 'embed' is not a 1-D float numpy vector")
         if embed.shape[0] != self.dim:
             raise UserError(
-                f"{where} (id {rec['id']!r}): dimension mismatch: embed has {embed.shape[0]} values, "
+                f"{where} (id {ident!r}): dimension mismatch: embed has {embed.shape[0]} values, "
                 f"but {self.files[0].name} has {self.dim}"
             )
+        if embed.dtype.itemsize > self.src_dtype.itemsize:
+            self._check_precision(file_index, f"{where} (id {ident!r})", embed)
+        values = []
         for name, kind in self.metadata_columns.items():
-            if not value_fits(kind, rec[name]):
-                raise UserError(
-                    f"{where} (id {rec['id']!r}): wrong item layout: {name!r} is {rec[name]!r} "
-                    f"({type(rec[name]).__name__}), but earlier records have {kind} values"
-                )
+            v = rec[name]
+            if kind == "json":
+                try:
+                    values.append(to_json_value(v))
+                    continue
+                except NotJson as exc:
+                    why = f": {exc}"
+            else:
+                why = f", but the first file's records have {kind} values"
+                if value_fits(kind, v):
+                    values.append(v)
+                    continue
+            raise UserError(
+                f"{where} (id {ident!r}): wrong item layout: {name!r} is {_short(v)} ({type(v).__name__}){why}"
+            )
+        return ident, values
+
+    def _check_precision(self, file_index: int, where: str, embed: np.ndarray) -> None:
+        if embed.dtype.itemsize not in _VECTOR_ITEMSIZES:
+            raise UserError(_too_wide(where, embed.dtype))
+        if file_index in self._warned:
+            return
+        with np.errstate(over="ignore", invalid="ignore"):
+            kept = embed.astype(self.src_dtype).astype(embed.dtype)
+        if not np.array_equal(kept, embed, equal_nan=True):
+            self._warned.add(file_index)
+            warnings.warn(
+                f"{where}: {embed.dtype} values are rounded to {self.src_dtype}, the widest vectors of the "
+                f"first file ({self.files[0].name}), which fixed the store's dtype (--dtype float32 keeps them)",
+                PrecisionWarning,
+                stacklevel=4,
+            )
 
     def batches(self, file_index: int, start_item: int, batch_rows: int) -> Iterator[Batch]:
         records = self._load(file_index)
@@ -226,19 +259,25 @@ class PickleSource(Source):
         while pos < len(records):
             stop = min(len(records), pos + batch_rows)
             kept: list[int] = []
+            ids: list[str] = []
+            meta: dict[str, list[Any]] = {name: [] for name in self.metadata_columns}
+            columns = list(meta.values())
             for i in range(pos, stop):
                 rec = records[i]
                 if isinstance(rec, dict) and "embed" in rec and rec["embed"] is None and tuple(rec) == self._keys:
                     continue
-                self._check(file_index, i, rec)
+                ident, values = self._check(file_index, i, rec)
                 kept.append(i)
-            chosen = [records[i] for i in kept]
-            vectors = np.stack([r["embed"] for r in chosen]) if chosen else np.empty((0, self.dim), self.src_dtype)
+                ids.append(ident)
+                for column, value in zip(columns, values, strict=True):
+                    column.append(value)
+            chosen = [records[i]["embed"] for i in kept]
+            vectors = np.stack(chosen) if chosen else np.empty((0, self.dim), self.src_dtype)
             yield Batch(
                 file_index=file_index,
                 vectors=vectors,
-                ids=[r["id"] for r in chosen],
-                metadata={name: [r[name] for r in chosen] for name in self.metadata_columns},
+                ids=ids,
+                metadata=meta,
                 items=np.asarray(kept, dtype=np.int64),
                 skipped_none=(stop - pos) - len(kept),
                 next_item=stop,
@@ -246,4 +285,17 @@ class PickleSource(Source):
             pos = stop
 
     def id_at(self, file_index: int, item: int) -> str:
-        return str(self._load(file_index)[item]["id"])
+        value = self._load(file_index)[item]["id"]
+        return id_string(value) or str(value)
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for messages: a hostile value may be huge or nested without end."""
+    return reprlib.repr(value)
+
+
+def _too_wide(where: str, dtype: np.dtype[Any]) -> str:
+    return (
+        f"{where}: 'embed' is {dtype} ({dtype.itemsize * 8}-bit floats), which the store cannot hold; "
+        "convert the vectors to float64, float32 or float16"
+    )

@@ -4,13 +4,21 @@ Every input format (reference pickles, clip-retrieval npy + parquet, parquet) is
 files read in a fixed order; each file yields batches of rows with their ids and metadata, and can
 be entered at any item, which is what lets an interrupted ingest resume mid-file. The layout (dim,
 metadata columns and their kinds) is fixed from the first file before any row is written.
+
+Rules shared by every format:
+- Ids (`id_string`): a string is the id, an integer is spelled in decimal, anything else is refused.
+- Metadata kinds (`infer_column_kind`): str, int64, float64 or bool when every value of the column
+  has that type; "json" otherwise, which keeps None, ints beyond int64, mixed types, lists, dicts,
+  NaN/±Inf and bytes (as `{BYTES_TAG: base64}`) exactly. Pickles infer from every record of the first
+  file; parquet from the Arrow type (a column that may hold nulls is "json").
 """
 
 from __future__ import annotations
 
-import math
+import base64
+import reprlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,18 +89,63 @@ class Source(ABC):
         """Release whatever the source caches."""
 
 
+#: How a bytes value is kept in a "json" column: JSON has no bytes, so `{BYTES_TAG: base64 text}`.
+#: Exports to pickles turn such values back into bytes; the store and JSON exports keep the tag.
+BYTES_TAG = "__bytes_base64__"
+#: JSON values nested deeper, or expanding to more nodes (shared sub-lists count each time they
+#: appear), are refused: they would recurse without bound or take exponential time to write.
+MAX_JSON_DEPTH = 100
+MAX_JSON_NODES = 1_000_000
+
+
+class NotJson(ValueError):
+    """A metadata value that a "json" column cannot hold and give back unchanged; the message says why."""
+
+
+def id_string(value: Any) -> str | None:
+    """The one id rule of every format: a string is the id; an integer is spelled in decimal; else None.
+
+    str and `np.str_` are taken as they are; int and numpy integers (not bool) become `str(int(v))`,
+    so the pickle id 7, the parquet int64 id 7 and the string "7" are the same id (and collide as
+    duplicates). Floats, bytes, None and everything else are not ids.
+    """
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    return None
+
+
 def infer_kind(value: Any) -> str:
-    """The metadata kind that keeps a Python value's type through a round trip."""
-    t = type(value)
-    if t is str:
-        return "str"
-    if t is bool:
-        return "bool"
-    if t is int:
-        return "int64"
-    if t is float:
-        return "float64"
-    return "json"
+    """The metadata kind that keeps one Python value's type through a round trip."""
+    return infer_column_kind([value])
+
+
+def infer_column_kind(values: Iterable[Any]) -> str:
+    """The kind for a column holding `values`: the narrowest that gives every value back with its type.
+
+    All str → "str", all bool → "bool", all int within int64 → "int64", all float (NaN and ±Inf
+    included) → "float64". Anything else is "json": a column with a None (null), an int beyond int64,
+    mixed types (1 and 1.5 stay an int and a float), lists, dicts, bytes (see BYTES_TAG), or no value.
+    """
+    found: str | None = None
+    for v in values:
+        t = type(v)
+        if t is str:
+            kind = "str"
+        elif t is bool:
+            kind = "bool"
+        elif t is int and _INT64_MIN <= v <= _INT64_MAX:
+            kind = "int64"
+        elif t is float:
+            kind = "float64"
+        else:
+            return "json"
+        if found is None:
+            found = kind
+        elif found != kind:
+            return "json"
+    return found or "json"
 
 
 def value_fits(kind: str, value: Any) -> bool:
@@ -106,21 +159,76 @@ def value_fits(kind: str, value: Any) -> bool:
         return t is int and _INT64_MIN <= value <= _INT64_MAX
     if kind == "float64":
         return t is float
-    return _json_safe(value)
+    try:
+        to_json_value(value)
+    except NotJson:
+        return False
+    return True
 
 
-def _json_safe(value: Any) -> bool:
-    """JSON values that load back equal: None, bool, int, finite float, str, lists, str-keyed dicts."""
+def to_json_value(value: Any) -> Any:
+    """`value` as the store's "json" kind holds it: bytes become `{BYTES_TAG: base64}`, the rest is kept.
+
+    None, bool, int (any size), float (NaN and ±Inf too: written as Python's JSON NaN/Infinity), str,
+    bytes, lists and str-keyed dicts of them. Tuples, sets and other types would come back as something
+    else and raise NotJson, as do cycles and values past MAX_JSON_DEPTH / MAX_JSON_NODES. Iterative:
+    no input can exhaust the C stack.
+    """
     t = type(value)
-    if value is None or t in (bool, int, str):
-        return True
-    if t is float:
-        return math.isfinite(value)
-    if t is list:
-        return all(_json_safe(v) for v in value)
-    if t is dict:
-        return all(type(k) is str and _json_safe(v) for k, v in value.items())
-    return False
+    if value is None or t in (bool, int, float, str):
+        return value
+    if t is bytes:
+        return {BYTES_TAG: base64.b64encode(value).decode("ascii")}
+    if t not in (list, dict):
+        raise NotJson(f"a {t.__name__} has no JSON form that reads back as a {t.__name__}")
+    out: list[Any] | dict[str, Any] = [] if t is list else {}
+    stack: list[tuple[Any, Any, int]] = [(value, out, 1)]
+    nodes = 1
+    while stack:
+        src, dst, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise NotJson(f"nested deeper than {MAX_JSON_DEPTH} levels (or it contains itself)")
+        items = src.items() if type(src) is dict else enumerate(src)
+        for k, v in items:
+            if type(src) is dict and type(k) is not str:
+                raise NotJson(f"a dict key {reprlib.repr(k)} is not a str")
+            nodes += 1
+            if nodes > MAX_JSON_NODES:
+                raise NotJson(f"more than {MAX_JSON_NODES} values in one field")
+            tv = type(v)
+            if v is None or tv in (bool, int, float, str):
+                conv: Any = v
+            elif tv is bytes:
+                conv = {BYTES_TAG: base64.b64encode(v).decode("ascii")}
+            elif tv in (list, dict):
+                conv = [] if tv is list else {}
+                stack.append((v, conv, depth + 1))
+            else:
+                raise NotJson(f"a {tv.__name__} inside has no JSON form that reads back as a {tv.__name__}")
+            if type(dst) is list:
+                dst.append(conv)
+            else:
+                dst[k] = conv
+    return out
+
+
+def from_json_value(value: Any) -> Any:
+    """The inverse of `to_json_value` for values read from a store: bytes tags become bytes again."""
+    t = type(value)
+    if t is dict and len(value) == 1 and type(value.get(BYTES_TAG)) is str:
+        return base64.b64decode(value[BYTES_TAG])
+    if t not in (list, dict):
+        return value
+    stack = [value]
+    while stack:
+        obj = stack.pop()
+        items = list(obj.items()) if type(obj) is dict else list(enumerate(obj))
+        for k, v in items:
+            if type(v) is dict and len(v) == 1 and type(v.get(BYTES_TAG)) is str:
+                obj[k] = base64.b64decode(v[BYTES_TAG])
+            elif type(v) in (list, dict):
+                stack.append(v)
+    return value
 
 
 def check_row_count(path: Path, expected: int, got: int, other: Path) -> None:

@@ -180,8 +180,8 @@ def _write(tmp: Path, name: str, recs: Any) -> Path:
         ("item", r"text_embeds_1\.pkl: item 1: wrong item layout: expected a dict"),
         ("no_embed", r"wrong item layout: records have no 'embed'"),
         ("keys", r"text_embeds_1\.pkl: item 2: wrong item layout: keys"),
-        ("id_int", r"item 3: wrong item layout: 'id' is a int"),
-        ("value_type", r"item 4 \(id 't00004'\): wrong item layout: 'caption' is 5"),
+        ("id_float", r"item 3: wrong item layout: 'id' is 3\.5 \(float\); ids must be str or int"),
+        ("value_type", r"text_embeds_2\.pkl: item 0 \(id 'u00000'\): wrong item layout: 'caption' is 5 \(int\)"),
         ("dim", r"text_embeds_2\.pkl: item 0 \(id 'u00000'\): dimension mismatch: embed has 9 values.* has 8"),
         ("embed_list", r"item 0 \(id 'u00000'\): wrong item layout: 'embed' is not"),
     ],
@@ -198,15 +198,16 @@ def test_wrong_layouts_are_rejected_naming_file_and_item(
         recs = [{"id": "a", "caption": "b"}]
     elif case == "keys":
         recs[2] = {"caption": "x", "id": "t2", "embed": recs[2]["embed"]}
-    elif case == "id_int":
-        recs[3]["id"] = 3
-    elif case == "value_type":
-        recs[4]["caption"] = 5
+    elif case == "id_float":
+        recs[3]["id"] = 3.5
     src = _write(tmp_path, "text_embeds_1.pkl", recs)
-    if case in ("dim", "embed_list"):
+    if case in ("dim", "embed_list", "value_type"):
+        # Kinds come from every record of the first file, so a type clash shows in a later one.
         more = _records(3, 9 if case == "dim" else 8, prefix="u")
         if case == "embed_list":
             more[0]["embed"] = more[0]["embed"].tolist()
+        if case == "value_type":
+            more[0]["caption"] = 5
         _write(tmp_path, "text_embeds_2.pkl", more)
     rc = main(["ingest", str(src), str(tmp_path / "s.zarr"), "--format", "reference-pkl"])
     lines = capsys.readouterr().err.strip().splitlines()

@@ -1,0 +1,433 @@
+"""The restricted unpickler: loads the reference layout's pickles and nothing that could harm the process.
+
+A pickle is a program for a stack machine that may call any global it names. Three kinds of harm
+are shut out, each by its own means:
+
+- Code execution. `find_class` resolves only the few globals numpy's own pickles name, and none of
+  them to the real callable: each resolves to a checker that accepts exactly the arguments numpy
+  writes (`numpy.dtype("f2", False, True)`, `_reconstruct(ndarray, (0,), b"b")`, …) and refuses
+  anything else. `numpy.ndarray` resolves to an inert token, so it can only be named, never called.
+- Forged arrays. An object dtype around pointer bytes taken from the file, or an array over
+  uninitialised memory, crashes or leaks the process. numpy's own `__setstate__` therefore never
+  sees pickle data: arrays and scalars are built here, from a numeric (or, for `np.str_` scalars,
+  unicode) dtype and a bytes payload of exactly shape × itemsize bytes. A shape that would allocate
+  terabytes is refused by that comparison, before anything is allocated.
+- Crashes and hangs of the C unpickler itself. Hashing a tuple nested a million deep (a dict key,
+  a set member) overflows the C stack; a tuple DAG (each level holding the previous one twice) hashes
+  in exponential time. Neither can be seen before loading nor interrupted during it, so each file is
+  first loaded by a forked child under a time limit; the process loads the file itself only once the
+  child has finished cleanly. The child and the process read the same open file, and its size,
+  inode and change time are compared before and after, so the bytes cannot change in between. The
+  price is a second unpickling of each file (about 2 s per GB of pickle on the reference machine).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+import reprlib
+import select
+import signal
+import time
+from typing import IO, Any, Literal
+
+import numpy as np
+
+from .errors import UserError
+
+#: Seconds the trial load may take: a base plus a rate far below any real disk or CPU.
+TIME_LIMIT_BASE_S = 60.0
+TIME_LIMIT_S_PER_MB = 0.1
+_TIME_LIMIT_ENV = "REVISION_PICKLE_TIME_LIMIT"
+_MAX_NDIM = 32
+_MAX_MESSAGE = 4096  # PIPE_BUF: the child's one write arrives whole
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+_short.maxlevel = 3
+
+
+class Refused(pickle.UnpicklingError):
+    """The pickle asks for something outside the reference layout; the message says what."""
+
+
+class _NdarrayToken:
+    """What `numpy.ndarray` resolves to: a name `_reconstruct` accepts, but not a callable or a type."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayToken()
+
+
+class _DType:
+    """A numeric dtype named by the pickle; BUILD may set only its byte order."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: np.dtype[Any]) -> None:
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy writes (3, byteorder, None, None, None, elsize, alignment, flags); only the byte order
+        # matters for a plain dtype, and nothing of the state is handed to numpy.
+        if type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4):
+            raise Refused(f"a dtype state {_short.repr(state)} is not one numpy writes for a numeric dtype")
+        endian, subarray, names, fields = state[1:5]
+        if endian not in ("<", ">", "|", "=") or subarray is not None or names is not None or fields is not None:
+            raise Refused(f"dtype state {_short.repr(state)}: only plain numeric dtypes are allowed")
+        if any(type(v) is not int for v in state[5:8]) or (len(state) == 9 and state[8] is not None):
+            raise Refused(f"dtype state {_short.repr(state)}: only plain numeric dtypes are allowed")
+        if endian in "<>" and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(endian)
+
+    def __repr__(self) -> str:
+        return f"dtype({self.dtype.str!r})"
+
+
+_UNSET: Any = object()
+
+
+class _Built:
+    """An array or scalar under construction: `_reconstruct` makes it empty, BUILD fills it once."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any = _UNSET) -> None:
+        self.value = value
+
+    def __setstate__(self, state: Any) -> None:
+        if self.value is not _UNSET:
+            raise Refused("BUILD on an array or scalar that is already complete")
+        if type(state) is not tuple or len(state) != 5 or state[0] != 1 or type(state[0]) is not int:
+            raise Refused(f"an array state {_short.repr(state)} is not (1, shape, dtype, fortran, bytes)")
+        _, shape, dtype, fortran, raw = state
+        self.value = _array(shape, dtype, fortran, raw)
+
+    def get(self) -> Any:
+        if self.value is _UNSET:
+            raise Refused("an array reconstructed without its state (BUILD)")
+        return self.value
+
+    def __repr__(self) -> str:
+        return "<array>" if self.value is _UNSET else repr(self.value)
+
+
+_DTYPE_SPEC = re.compile(r"[biufcU]\d{1,4}\Z")
+
+
+def _dtype(*args: Any) -> _DType:
+    spec = args[0] if args else None
+    if not 1 <= len(args) <= 3 or type(spec) is not str or not _DTYPE_SPEC.match(spec):
+        raise Refused(
+            f"numpy.dtype{_short.repr(args)}: only numeric dtypes (and unicode for np.str_ values) are allowed"
+        )
+    if any(type(a) is not bool and a not in (0, 1) for a in args[1:]):
+        raise Refused(f"numpy.dtype{_short.repr(args)}: unexpected arguments")
+    try:
+        dt = np.dtype(spec)
+    except TypeError:
+        raise Refused(f"numpy.dtype({spec!r}) is not a dtype") from None
+    if dt.kind not in "biufcU" or dt.hasobject or dt.fields is not None or dt.subdtype is not None:
+        raise Refused(f"numpy.dtype({spec!r}): only numeric dtypes are allowed")
+    return _DType(dt)
+
+
+def _reconstruct(*args: Any) -> _Built:
+    if len(args) != 3 or args[0] is not _NDARRAY:
+        raise Refused(f"numpy _reconstruct{_short.repr(args)}: only plain numpy arrays are allowed")
+    shape, spec = args[1], args[2]
+    if type(shape) is not tuple or len(shape) != 1 or type(shape[0]) is not int or shape[0] != 0:
+        raise Refused(f"numpy _reconstruct{_short.repr(args)}: not what numpy writes")
+    if spec not in (b"b", "b") or type(spec) not in (bytes, str):
+        raise Refused(f"numpy _reconstruct{_short.repr(args)}: not what numpy writes")
+    return _Built()
+
+
+def _frombuffer(*args: Any) -> _Built:
+    if len(args) != 4 or args[3] not in ("C", "F") or type(args[3]) is not str:
+        raise Refused(f"numpy _frombuffer{_short.repr(args)}: not what numpy writes")
+    buf, dtype, shape, order = args
+    return _Built(_array(shape, dtype, order == "F", buf))
+
+
+def _scalar(*args: Any) -> _Built:
+    if len(args) != 2 or type(args[0]) is not _DType or type(args[1]) is not bytes:
+        raise Refused(f"numpy scalar{_short.repr(args)}: only numeric (and np.str_) scalars are allowed")
+    dt, payload = args[0].dtype, args[1]
+    if len(payload) != dt.itemsize:
+        raise Refused(f"numpy scalar of {dt}: {len(payload)} bytes, expected {dt.itemsize}")
+    return _Built(np.frombuffer(payload, dtype=dt)[0])
+
+
+def _encode(*args: Any) -> bytes:
+    # Protocol 2 spells bytes as _codecs.encode(text, "latin1"); no other codec is ever needed.
+    if len(args) != 2 or type(args[0]) is not str or args[1] not in ("latin1", "latin-1"):
+        raise Refused(f"_codecs.encode{_short.repr(args)}: only latin1 text → bytes is allowed")
+    try:
+        return args[0].encode("latin-1")
+    except UnicodeEncodeError:
+        raise Refused("_codecs.encode: text outside latin-1") from None
+
+
+def _array(shape: Any, dtype: Any, fortran: Any, raw: Any) -> np.ndarray:
+    """A new array of `dtype` and `shape` holding `raw`, which must be exactly its bytes."""
+    if type(dtype) is not _DType:
+        raise Refused(f"an array's dtype is {_short.repr(dtype)}, not a numeric numpy dtype")
+    dt = dtype.dtype
+    if dt.kind not in "biufc":
+        raise Refused(f"an array of dtype {dt}: only numeric arrays are allowed")
+    if type(shape) is not tuple or len(shape) > _MAX_NDIM or any(type(n) is not int or n < 0 for n in shape):
+        raise Refused(f"an array shape {_short.repr(shape)} is not a tuple of non-negative ints")
+    if type(fortran) is not bool and fortran not in (0, 1):
+        raise Refused(f"an array's order flag is {_short.repr(fortran)}")
+    if type(raw) not in (bytes, bytearray):
+        raise Refused(f"an array's data is a {type(raw).__name__}, not bytes")
+    need = math.prod(shape) * dt.itemsize  # exact: Python ints do not overflow
+    if len(raw) != need:
+        raise Refused(f"an array of shape {_short.repr(shape)} {dt} needs {need} bytes; the pickle holds {len(raw)}")
+    order: Literal["C", "F"] = "F" if fortran else "C"
+    try:
+        if need == 0:
+            return np.empty(shape, dtype=dt, order=order)
+        flat = np.frombuffer(raw, dtype=dt)
+        # bytes are immutable, so their array is read-only: copy it, as numpy's own unpickling does;
+        # a bytearray (protocol 5) is already private to this array.
+        arr = flat.reshape(shape, order=order)
+        return arr if type(raw) is bytearray else arr.copy(order="K")
+    except (ValueError, OverflowError, MemoryError) as exc:
+        raise Refused(f"an array of shape {_short.repr(shape)} {dt}: {exc}") from None
+
+
+_CHECKERS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): _encode,
+}
+
+#: The globals a list of dicts of str/numbers/numpy arrays names, across numpy 1.x (`numpy.core`) and
+#: 2.x (`numpy._core`) and pickle protocols 2 (bytes via `_codecs.encode`) to 5 (`_frombuffer`).
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(_CHECKERS)
+
+
+class RefusedGlobal(Refused):
+    """A pickle asked for a global outside the allow-list."""
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(
+            f"the pickle asks for {_short.repr(module)[1:-1]}.{_short.repr(name)[1:-1]}, which the reference "
+            "layout never needs (a pickle can run code on load; only numpy arrays and plain values are allowed)"
+        )
+        self.module = module
+        self.name = name
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler whose globals are the checkers above; nothing else can be named or called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        checker = _CHECKERS.get((module, name))
+        if checker is None:
+            raise RefusedGlobal(module, name)
+        return checker
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise Refused("persistent ids are not part of the reference layout")
+
+
+_CONTAINERS = (list, dict, tuple, set, frozenset)
+_PLACEHOLDERS = (_Built, _DType, _NdarrayToken)
+
+
+def _resolve(root: Any) -> Any:
+    """Replace the arrays and scalars under construction by their values, without recursion.
+
+    Every container is visited once (memoised by identity), so cycles and shared sub-structures cost
+    no more than their size. Arrays and scalars are replaced where the layout has them, as list items
+    and dict values; one inside a tuple, a set or a dict key, or a bare dtype anywhere, is refused.
+    """
+    if type(root) is _Built:
+        return root.get()
+    if type(root) in _PLACEHOLDERS:
+        _refuse_nested(root)
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        t = type(obj)
+        if t is list:
+            for i, v in enumerate(obj):
+                tv = type(v)
+                if tv is _Built:
+                    obj[i] = v.get()
+                elif tv in _CONTAINERS:
+                    stack.append(v)
+                elif tv in _PLACEHOLDERS:
+                    _refuse_nested(v)
+        elif t is dict:
+            for k, v in obj.items():
+                tv = type(v)
+                if tv is _Built:
+                    obj[k] = v.get()
+                elif tv in _CONTAINERS:
+                    stack.append(v)
+                elif tv in _PLACEHOLDERS:
+                    _refuse_nested(v)
+                if type(k) in _PLACEHOLDERS:
+                    _refuse_nested(k)
+                elif type(k) in _CONTAINERS:
+                    stack.append(k)
+        elif t in _CONTAINERS:  # tuple, set, frozenset: immutable, so nothing can be replaced
+            for v in obj:
+                if type(v) in _PLACEHOLDERS:
+                    _refuse_nested(v)
+                if type(v) in _CONTAINERS:
+                    stack.append(v)
+    return root
+
+
+def _refuse_nested(v: Any) -> None:
+    raise Refused(f"a numpy value ({_short.repr(v)}) outside a list item or dict value is not part of the layout")
+
+
+def _load_open_file(fh: IO[bytes]) -> Any:
+    return _resolve(RestrictedUnpickler(fh).load())
+
+
+def _errors_as_message(path: os.PathLike[str] | str, exc: BaseException) -> str:
+    if isinstance(exc, Refused):
+        return f"{path}: refused to load: {exc}"
+    if isinstance(exc, MemoryError):
+        return f"{path}: corrupt pickle (asks for more memory than there is)"
+    if isinstance(exc, RecursionError):
+        return f"{path}: refused to load: values nested too deeply"
+    return f"{path}: truncated or unreadable pickle ({type(exc).__name__}: {_short.repr(str(exc))[1:-1]})"
+
+
+_LOAD_ERRORS = (
+    OSError,
+    EOFError,
+    pickle.UnpicklingError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    LookupError,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+    UnicodeError,
+)
+
+
+def default_time_limit(size: int) -> float:
+    """Seconds the trial load of a `size`-byte pickle may take (REVISION_PICKLE_TIME_LIMIT overrides)."""
+    env = os.environ.get(_TIME_LIMIT_ENV)
+    if env:
+        try:
+            return float(env)
+        except ValueError:
+            raise UserError(f"{_TIME_LIMIT_ENV}={env!r} is not a number of seconds") from None
+    return TIME_LIMIT_BASE_S + TIME_LIMIT_S_PER_MB * size / 1e6
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def load_pickle_restricted(path: str | os.PathLike[str], *, time_limit: float | None = None) -> Any:
+    """Unpickle `path` with the restricted unpickler, after a trial load in a child process.
+
+    Any failure, refusal, crash or time-out becomes one UserError naming the file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        before = _identity(os.fstat(fd))
+        if hasattr(os, "fork"):
+            limit = default_time_limit(before[2]) if time_limit is None else time_limit
+            _trial_load(path, fd, limit)
+        os.lseek(fd, 0, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            try:
+                obj = _load_open_file(fh)
+            except _LOAD_ERRORS as exc:
+                raise UserError(_errors_as_message(path, exc)) from None
+        if _identity(os.fstat(fd)) != before:
+            raise UserError(f"{path}: the file changed while it was being read; try again")
+        return obj
+    finally:
+        os.close(fd)
+
+
+def _trial_load(path: str | os.PathLike[str], fd: int, limit: float) -> None:
+    """Load the open file `fd` in a forked child; raise the UserError its outcome calls for."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: load, report a refusal, never return into the caller's code
+        try:
+            os.close(r)
+            message = ""
+            try:
+                os.lseek(fd, 0, os.SEEK_SET)
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    _load_open_file(fh)
+            except BaseException as exc:  # noqa: BLE001 - every outcome is reported, none escapes
+                message = _errors_as_message(path, exc)
+            if message:
+                os.write(w, message.encode("utf-8", "replace")[:_MAX_MESSAGE])
+        finally:
+            os._exit(0)  # no atexit handlers, no flushing of the parent's buffers, no freeing
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + limit
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UserError(
+                    f"{path}: refused to load: unpickling took longer than {limit:g} s (a corrupt or hostile "
+                    f"pickle; {_TIME_LIMIT_ENV} sets the limit)"
+                )
+            ready, _, _ = select.select([r], [], [], left)
+            if ready:
+                data = os.read(r, _MAX_MESSAGE)
+                if not data:
+                    break
+                chunks.append(data)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # a hung or interrupted trial must not outlive its caller
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        why = "it was killed, perhaps out of memory" if sig == signal.SIGKILL else "it crashed"
+        raise UserError(
+            f"{path}: refused to load: a trial load of this pickle in a child process failed ({why}, "
+            f"signal {sig}); the file is corrupt or hostile"
+        )
+    if chunks:
+        raise UserError(b"".join(chunks).decode("utf-8", "replace"))
