@@ -76,10 +76,10 @@ def make_dirs(path: Path, *, durable: bool | None = None) -> None:
     for d in reversed(missing):
         try:
             d.mkdir(exist_ok=True)
+            if resolve_durable(durable):
+                fsync_dir(d.parent)
         except OSError as exc:
             raise write_error(d, exc) from None
-        if resolve_durable(durable):
-            fsync_dir(d.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes | Iterable[bytes], *, durable: bool | None = None) -> None:

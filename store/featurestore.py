@@ -168,7 +168,10 @@ class FeatureStore:
                     raise StoreError(f"{p}: already exists (created by another process meanwhile)") from None
                 raise write_error(p, exc) from None
             if sync:
-                fsync_dir(p.parent)
+                try:
+                    fsync_dir(p.parent)
+                except OSError as exc:
+                    raise write_error(p, exc) from None
         except BaseException:
             lock.release()
             shutil.rmtree(tmp, ignore_errors=True)

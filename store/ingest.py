@@ -12,6 +12,7 @@ found with on-disk hash buckets (see idcheck.py), so memory follows the batch si
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -160,8 +161,6 @@ def _exclusive(dest: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
+        with contextlib.suppress(OSError):
             staging.rmdir()  # only when empty: a lock-only directory (appends, finished jobs)
-        except OSError:
-            pass
         lock.release()

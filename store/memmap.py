@@ -16,7 +16,6 @@ directory records a checkpoint, so an interrupted export resumes instead of star
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -24,15 +23,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from revision.store import faults
+from revision.store.atomic import atomic_write_bytes, fsync_dir, make_dirs, resolve_durable
 from revision.store.featurestore import FeatureStore, StoreError
 from revision.store.idindex import DEFAULT_HASH, HashFn, IdIndexBuilder, hash_id_bytes
+from revision.store.lock import WriterLock
 from revision.store.npyio import NpyWriter
 
 FORMAT = "revision-memmap"
 FORMAT_VERSION = 1
 HEADER_NAME = "header.json"
 PROGRESS_NAME = "progress.json"
-LOCK_NAME = ".lock"
+LOCK_NAME = ".lock"  # the lock file of older versions, removed when found
 VECTORS_NAME = "vectors.npy"
 
 
@@ -61,14 +63,13 @@ def export_memmap(
         raise StoreError(f"{dest}: already holds a memmap export (pass overwrite=True to replace it)")
     if dest.exists() and not (dest / HEADER_NAME).exists() and any(dest.iterdir()):
         raise StoreError(f"{dest}: exists and is not a memmap export; refusing to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(dest.parent)
     work = dest.parent / f".{dest.name}.partial"
     work.mkdir(exist_ok=True)
-    with open(work / LOCK_NAME, "a+b") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(f"{dest}: another export to this destination is running") from None
+    # The lock is on the work directory itself (no lock file to unlink while held); it moves with the
+    # directory when that is renamed to `dest`, and is dropped by the kernel if we are killed.
+    with WriterLock.acquire(work, f"{dest}: another export to this destination is running;"):
+        (work / LOCK_NAME).unlink(missing_ok=True)
         t0 = time.perf_counter()
         source = {
             "path": str(Path(store.path).resolve()),
@@ -80,11 +81,9 @@ def export_memmap(
         }
         header = _write(store, work, source, show_progress, block_rows, run_rows, hash_fn, hash_name)
         header["export_seconds"] = round(time.perf_counter() - t0, 3)
-        (work / PROGRESS_NAME).unlink()
-        tmp = work / f".{HEADER_NAME}.tmp"
-        tmp.write_text(json.dumps(header, indent=2) + "\n")
-        os.replace(tmp, work / HEADER_NAME)
-        (work / LOCK_NAME).unlink()
+        (work / PROGRESS_NAME).unlink(missing_ok=True)  # absent when the store has no rows
+        # The header is written last (durably): its presence marks a complete export.
+        atomic_write_bytes(work / HEADER_NAME, (json.dumps(header, indent=2) + "\n").encode())
         _swap_into_place(work, dest)
     return header
 
@@ -111,11 +110,11 @@ def _write(
     from tqdm import tqdm
 
     n = store.rows
+    durable = resolve_durable(None)
     state = _resume_state(work, source)
     if state is None:
         for p in work.iterdir():
-            if p.name != LOCK_NAME:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
         vectors = NpyWriter(work / VECTORS_NAME, store.np_dtype, (store.dim,))
         builder = IdIndexBuilder(work, run_rows=run_rows, hash_fn=hash_fn)
         done = 0
@@ -136,13 +135,14 @@ def _write(
             builder.rehash(store.read_ids(builder.pending_from, done))
         with tqdm(total=n, initial=done, unit="row", unit_scale=True, disable=not show_progress, desc="export") as bar:
             for lo, block in store.iter_chunks(start=done, block_rows=block_rows):
+                faults.point("write", work / VECTORS_NAME)
                 vectors.append(block)
                 builder.add(store.read_ids(lo, lo + len(block)))
                 vectors.flush()
+                if durable:  # the rows a checkpoint counts must be on disk before the checkpoint is
+                    vectors.sync()
                 checkpoint = {"source": source, "rows": lo + len(block), "ids": builder.checkpoint()}
-                tmp = work / f".{PROGRESS_NAME}.tmp"
-                tmp.write_text(json.dumps(checkpoint))
-                os.replace(tmp, work / PROGRESS_NAME)
+                atomic_write_bytes(work / PROGRESS_NAME, json.dumps(checkpoint).encode(), durable=durable)
                 bar.update(len(block))
         vectors.close()
         stats = builder.finish()
@@ -179,13 +179,16 @@ def _write(
 
 def _swap_into_place(work: Path, dest: Path) -> None:
     """Rename the finished directory to `dest`, replacing an old export only once the new one is complete."""
+    faults.point("rename", dest)
     if not dest.exists():
         os.replace(work, dest)
-        return
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    os.replace(dest, old)
-    os.replace(work, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    else:
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        os.replace(dest, old)
+        os.replace(work, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    if resolve_durable(None):
+        fsync_dir(dest.parent)
 
 
 def read_header(path: str | Path) -> dict[str, Any]:

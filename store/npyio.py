@@ -79,6 +79,12 @@ class NpyWriter:
         if self._fh is not None:
             self._fh.flush()
 
+    def sync(self) -> None:
+        """Make everything appended so far durable (a power cut then loses none of it)."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
     def close(self, *, fsync: bool = True) -> None:
         """Write the final header (with the row count) and close; idempotent."""
         if self._fh is None:
