@@ -66,3 +66,52 @@ def build_tiny_llm(
     model.save_pretrained(out)
     tok.save_pretrained(out)  # type: ignore[attr-defined]
     return out
+
+
+PROTOTYPE_PHRASES = ("a red cat sits", "a blue dog runs", "a green bird sings", "a small fish swims")
+
+
+def prototype_rows(n: int, dim: int, *, seed: int, noise: float = 0.3, k: int = 4) -> tuple[object, object]:
+    """(rows (n, dim) float32 unit vectors, labels (n,) in [0, k)): each row is a random one of k
+    fixed prototype directions (from seed 1234, the same for every call) plus Gaussian noise."""
+    import numpy as np
+
+    protos = np.random.default_rng(1234).standard_normal((k, dim))
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    x = protos[labels] + noise * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), labels
+
+
+def build_prototype_task(
+    out: str | Path, *, n: int, dim: int = 32, seed: int = 0, prefix: str = "r", dtype: str = "float32"
+) -> Path:
+    """A learnable captioning task: OUT/store.zarr + OUT/view (memmap) of n rows near one of four
+    prototype directions, and OUT/ann.jsonl whose caption for each id is its prototype's phrase
+    (also as a one-turn LLaVA conversation). Returns OUT."""
+    import json
+
+    from revision.store import FeatureStore, StoreConfig
+    from revision.store.memmap import export_memmap
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    x, labels = prototype_rows(n, dim, seed=seed)
+    ids = [f"{prefix}{i}" for i in range(n)]
+    cfg = StoreConfig(modality="text", dim=dim, dtype=dtype)
+    with FeatureStore.create(out / "store.zarr", cfg) as s:
+        s.append(x, ids)
+        s.commit()
+    with FeatureStore.open(out / "store.zarr") as s:
+        export_memmap(s, out / "view", show_progress=False)
+    with open(out / "ann.jsonl", "w") as fh:
+        for i, lab in zip(ids, labels.tolist(), strict=True):  # type: ignore[attr-defined]
+            phrase = PROTOTYPE_PHRASES[lab]
+            conv = [
+                {"from": "human", "value": "<image>\nDescribe the image briefly."},
+                {"from": "gpt", "value": phrase},
+            ]
+            fh.write(json.dumps({"id": i, "caption": phrase, "conversations": conv}) + "\n")
+    return out
