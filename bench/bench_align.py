@@ -103,23 +103,23 @@ def scan_seconds(path: Path) -> tuple[float, int]:
     return best, nbytes
 
 
-def write_floor_seconds(text: Path, out: Path) -> tuple[float, float]:
+def write_floor_seconds(text: Path, out: Path, dtype: str = "float32") -> tuple[float, float]:
     """Pass 3's I/O without its arithmetic: each text block read (zero-copy, as pass 3 reads), converted
-    to float32 and appended through the store's writer on a write-behind thread, exactly as pass 3
-    writes. → (seconds until the store is committed, seconds until its pages are on disk)."""
+    to `dtype` (pass 3's --out-dtype) and appended through the store's writer on a write-behind thread,
+    exactly as pass 3 writes. → (seconds until the store is committed, seconds until its pages are on disk)."""
     from revision.align.writebehind import WriteBehind
     from revision.store import FeatureStore, StoreConfig
 
     st = FeatureStore.open(text)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    cfg = StoreConfig(modality="text", dim=st.dim, dtype="float32", chunk_rows=st.chunk_rows,
+    cfg = StoreConfig(modality="text", dim=st.dim, dtype=dtype, chunk_rows=st.chunk_rows,
                       chunks_per_shard=max(1, st.shard_rows // st.chunk_rows))  # fmt: skip
     writes = WriteBehind()
     try:
         with FeatureStore.create(out, cfg) as dst:
             for lo, block in st.iter_chunks(zero_copy=True):
-                writes.submit(dst.append, block.astype(np.float32), st.read_ids(lo, lo + block.shape[0]))
+                writes.submit(dst.append, block.astype(np.dtype(dtype)), st.read_ids(lo, lo + block.shape[0]))
             writes.drain()
     finally:
         writes.close()
