@@ -25,7 +25,7 @@ from revision.store import FeatureStore, StoreError
 from revision.store.memmap import HEADER_NAME
 from revision.train.errors import DataError
 from revision.train.model import VisionLM
-from revision.train.runfiles import load_run
+from revision.train.runfiles import load_projector, load_run, read_run
 from revision.train.template import DEFAULT_PROMPT, Template
 from revision.train.view import FeatureView
 
@@ -160,12 +160,12 @@ class _Rows:
 
 def caption(cfg: CaptionConfig) -> dict[str, Any]:
     """Caption the rows; returns {"written", "skipped", "out"}."""
-    model, tokenizer, doc = load_run(cfg.run)
+    read_run(cfg.run)
+    in_dim = int(load_projector(cfg.run)["in_dim"])
     source = _Rows(cfg.features, _read_ids(cfg.ids) if cfg.ids else None)
-    if source.dim != model.in_dim:
-        raise DataError(
-            f"--features {cfg.features}: rows of dim {source.dim}, the run's projector takes {model.in_dim}"
-        )
+    if source.dim != in_dim:
+        raise DataError(f"--features {cfg.features}: rows of dim {source.dim}, the run's projector takes {in_dim}")
+    model, tokenizer, doc = load_run(cfg.run)
     template = Template(tokenizer, "plain" if doc["config"]["stage"] == "pretrain" else "conversation")
     prompt = template.prompt_ids(cfg.prompt)
     eos = int(tokenizer.eos_token_id)

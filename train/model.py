@@ -55,6 +55,9 @@ def choose_attention() -> str:
 def load_llm(path: str | Path, *, attention: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) from a local Hugging Face directory, offline; bad directories raise DataError."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its per-load bars would bury our one-line messages
 
     p = Path(path)
     if not (p / "config.json").is_file():
