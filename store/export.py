@@ -61,15 +61,17 @@ def export(
     except StoreError as exc:
         raise UserError(str(exc)) from None
     out = Path(dest)
-    if out.exists():
-        raise UserError(f"{out}: DEST already exists; remove it or choose another path")
     if fmt == "memmap":
         from .memmap import export_memmap  # the training view lives with the memmap reader
 
+        # export_memmap checks DEST itself: a finished export of the same store is a no-op (a re-run
+        # after a failure past its last step), anything else there is refused.
         try:
             return export_memmap(st, out, show_progress=show_progress)
         finally:
             st.close()
+    if out.exists():
+        raise UserError(f"{out}: DEST already exists; remove it or choose another path")
     limit = rows_per_file or DEFAULT_ROWS_PER_FILE.get(fmt, 0)
     if fmt != "parquet" and limit <= 0:
         raise UserError(f"--rows-per-file must be positive, got {rows_per_file}")

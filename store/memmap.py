@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from revision.store import faults
-from revision.store.atomic import atomic_write_bytes, fsync_dir, make_dirs, resolve_durable
+from revision.store.atomic import atomic_write_bytes, fsync_dir, make_dirs, resolve_durable, write_error
 from revision.store.featurestore import FeatureStore, StoreError
 from revision.store.idindex import DEFAULT_HASH, HashFn, IdIndexBuilder, hash_id_bytes
 from revision.store.lock import WriterLock
@@ -60,9 +60,47 @@ def export_memmap(
     """
     dest = Path(dest)
     if (dest / HEADER_NAME).exists() and not overwrite:
-        raise StoreError(f"{dest}: already holds a memmap export (pass overwrite=True to replace it)")
-    if dest.exists() and not (dest / HEADER_NAME).exists() and any(dest.iterdir()):
-        raise StoreError(f"{dest}: exists and is not a memmap export; refusing to replace it")
+        done = _finished_export_of(dest, store, hash_name)
+        if done is not None:
+            return done
+        raise StoreError(
+            f"{dest}: DEST already holds a memmap export of another store; remove it or choose another path"
+        )
+    if dest.exists() and not (dest / HEADER_NAME).exists() and (dest.is_file() or any(dest.iterdir())):
+        raise StoreError(f"{dest}: DEST already exists and is not a memmap export; remove it or choose another path")
+    try:
+        return _export(store, dest, show_progress, block_rows, run_rows, hash_fn, hash_name)
+    except OSError as exc:
+        raise write_error(Path(exc.filename) if exc.filename else dest, exc) from None
+
+
+def _finished_export_of(dest: Path, store: FeatureStore, hash_name: str) -> dict[str, Any] | None:
+    """The header of `dest` if it is a complete export of exactly this store (a re-run: nothing to do)."""
+    try:
+        header = read_header(dest)
+    except StoreError:
+        return None
+    src = header.get("source") or {}
+    same = (
+        src.get("path") == str(Path(store.path).resolve())
+        and header.get("rows") == store.rows
+        and header.get("dim") == store.dim
+        and header.get("dtype") == store.dtype
+        and header.get("id_hash") == hash_name
+        and header.get("attrs") == store.attrs
+    )
+    return header if same else None
+
+
+def _export(
+    store: FeatureStore,
+    dest: Path,
+    show_progress: bool,
+    block_rows: int | None,
+    run_rows: int,
+    hash_fn: HashFn,
+    hash_name: str,
+) -> dict[str, Any]:
     make_dirs(dest.parent)
     work = dest.parent / f".{dest.name}.partial"
     work.mkdir(exist_ok=True)

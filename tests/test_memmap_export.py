@@ -70,9 +70,14 @@ def test_export_any_read_block(tmp_path_factory, n: int, chunk_rows: int, block_
 
 def test_existing_destination_is_kept_unless_overwrite(tmp_path: Path) -> None:
     store = make_store(tmp_path / "s.zarr", 10, 4, "float32")
-    export_memmap(store, tmp_path / "mm", show_progress=False)
-    with pytest.raises(StoreError, match="already holds a memmap export"):
-        export_memmap(store, tmp_path / "mm", show_progress=False)
+    first = export_memmap(store, tmp_path / "mm", show_progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "mm").iterdir()}
+    # The same export again (a re-run after a failure past its last step) is complete: nothing to do.
+    assert export_memmap(store, tmp_path / "mm", show_progress=False) == first
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "mm").iterdir()} == before
+    other = make_store(tmp_path / "s2.zarr", 12, 4, "float32")
+    with pytest.raises(StoreError, match="already holds a memmap export of another store"):
+        export_memmap(other, tmp_path / "mm", show_progress=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("x")
     with pytest.raises(StoreError, match="not a memmap export"):
