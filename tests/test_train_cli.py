@@ -87,6 +87,7 @@ def test_not_a_causal_lm(world: Path, tmp_path: Path, capsys: pytest.CaptureFixt
 
     cfg = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     BertModel(cfg).save_pretrained(tmp_path / "bert")
+    capsys.readouterr()  # the save's own progress bar
     task = world / "task"
     rc = main(["train", "pretrain", "--data", str(task / "ann.jsonl"), "--features", str(task / "view"),
                "--llm", str(tmp_path / "bert"), "--out", str(tmp_path / "run")])  # fmt: skip
