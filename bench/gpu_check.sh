@@ -12,9 +12,9 @@
 #    (a) the Triton tests compiled, not interpreted, against their references;
 #    (b) the kernel benchmark: fraction of copy bandwidth, speed-up over eager and torch.compile, a sweep;
 #    (c) `revision align --device cuda` on a generated 8M x 1280 fp16 store against its I/O floor;
-#    (d) a bf16 training smoke run, once `revision train` exists (skipped with a message before);
+#    (d) `revision train` smoke runs in bf16 with SDPA (1 and 576 visual tokens), samples/s;
 #    (e) diagnose's FAISS GPU index, when the optional faiss-gpu-cu12 wheel loads.
-# About 7 minutes in all (the limits below add up to 450 s after the install). Everything goes to
+# About 7 minutes in all (the limits below add up to 460 s after the install). Everything goes to
 # bench/results/gpu/: one log and one JSON per step, and summary.json with each step's status and time.
 #
 # Environment: PYTHON (default python3), GPU_WHEELS (bench/gpu-wheels), GPU_RESULTS (bench/results/gpu),
@@ -107,14 +107,9 @@ step tests 90 "${RUN[@]}" -m pytest tests/test_kernels_triton.py -m gpu -q -p no
     --junitxml="$RESULTS/tests.xml"
 step kernels 130 "${RUN[@]}" bench/bench_kernels.py --rows 8388608 --dim 1280 --chunk-rows 1048576 \
     --repeats 5 --sweep --output "$RESULTS/bench_kernels.json"
-step align 150 "${RUN[@]}" bench/gpu_align.py --rows "$ALIGN_ROWS" --dim 1280 --work "$WORK" \
+step align 140 "${RUN[@]}" bench/gpu_align.py --rows "$ALIGN_ROWS" --dim 1280 --work "$WORK" \
     --output "$RESULTS/align.json"
-if [ -f revision/commands/train.py ]; then
-    step train 50 "${RUN[@]}" bench/gpu_train.py --work "$WORK/train" --output "$RESULTS/train.json"
-else
-    say "== train: skipped (revision/commands/train.py does not exist yet)"
-    printf 'train\tskipped\t0\t0\n' >>"$RESULTS/steps.tsv"
-fi
+step train 70 "${RUN[@]}" bench/gpu_train.py --work "$WORK/train" --output "$RESULTS/train.json"
 PYTHONPATH="$SITE-faiss:$PYTHONPATH" step faiss 30 "${RUN[@]}" bench/gpu_faiss.py --output "$RESULTS/faiss.json"
 
 "${RUN[@]}" bench/gpu_env.py summary --results "$RESULTS" --seconds "$((SECONDS - T0))"
