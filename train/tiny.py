@@ -86,7 +86,14 @@ def prototype_rows(n: int, dim: int, *, seed: int, noise: float = 0.3, k: int = 
 
 
 def build_prototype_task(
-    out: str | Path, *, n: int, dim: int = 32, seed: int = 0, prefix: str = "r", dtype: str = "float32"
+    out: str | Path,
+    *,
+    n: int,
+    dim: int = 32,
+    seed: int = 0,
+    prefix: str = "r",
+    dtype: str = "float32",
+    modality: str = "text",
 ) -> Path:
     """A learnable captioning task: OUT/store.zarr + OUT/view (memmap) of n rows near one of four
     prototype directions, and OUT/ann.jsonl whose caption for each id is its prototype's phrase
@@ -100,7 +107,7 @@ def build_prototype_task(
     out.mkdir(parents=True, exist_ok=True)
     x, labels = prototype_rows(n, dim, seed=seed)
     ids = [f"{prefix}{i}" for i in range(n)]
-    cfg = StoreConfig(modality="text", dim=dim, dtype=dtype)
+    cfg = StoreConfig(modality=modality, dim=dim, dtype=dtype)
     with FeatureStore.create(out / "store.zarr", cfg) as s:
         s.append(x, ids)
         s.commit()
