@@ -102,7 +102,7 @@ def test_out_exists_unrelated(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     t, i = _pair(tmp_path)
     before = sorted(p.name for p in (tmp_path / "i.zarr").rglob("*"))
     assert _align(t, i, i) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "is the input --image" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "i.zarr").rglob("*")) == before
 
 

@@ -217,7 +217,7 @@ def test_resume_with_other_settings_exit_2(
 def test_missing_model_and_llm2clip_messages(
     tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base = ["embed", "--data", str(tiny["data"]), "--out", str(tmp_path / "o")]
+    base = ["embed", "--data", str(tiny["data"]), "--image-root", str(tiny["images"]), "--out", str(tmp_path / "o")]
     assert main([*base, "--model", str(tmp_path / "no-such-model")]) == 2
     assert "cannot load model" in capsys.readouterr().err
     assert main([*base, "--modality", "text"]) == 2

@@ -77,11 +77,38 @@ class PickleAlignResult:
     loads: int = 0
 
 
-def _pickles(d: Path, flag: str) -> list[Path]:
+def _pickles(d: Path, flag: str, modality: str) -> list[Path]:
     files = sorted((f for f in d.iterdir() if f.suffix == ".pkl" and f.is_file()), key=lambda f: f.name)
     if not files:
         raise UserError(f"{flag} {d}: empty input: no *.pkl files")
+    for f in files:
+        _require_modality(flag, f, _modality_by_name(f), modality, "its name")
     return files
+
+
+# The pickles carry no modality field. The evidence, strongest first: the reference's file names
+# (text_embeds_*.pkl, image_embeds_*.pkl, and the trace files derived from them), then the record
+# keys the reference's embedding scripts write (texts: caption; images: image_path).
+_NAME_PREFIX = {"text_embeds_": "text", "image_embeds_": "image"}
+_KEY_MARK = {"caption": "text", "image_path": "image"}
+
+
+def _modality_by_name(path: Path) -> str | None:
+    return next((m for prefix, m in _NAME_PREFIX.items() if path.name.startswith(prefix)), None)
+
+
+def _modality_by_keys(record: dict[str, Any]) -> str | None:
+    found = {m for key, m in _KEY_MARK.items() if key in record}
+    return found.pop() if len(found) == 1 else None
+
+
+def _require_modality(flag: str, path: Path, found: str | None, expected: str, evidence: str) -> None:
+    if found is not None and found != expected:
+        want = "--img_input_dir" if found == "image" else "--input_dir"
+        raise UserError(
+            f"{flag}: {path} holds {found} embeddings ({evidence} says so); {flag} takes the {expected} "
+            f"pickles, the {found} ones go with {want}"
+        )
 
 
 class _Loader:
@@ -198,8 +225,8 @@ class ListPickleWriter:
 
 def align_pickles(cfg: PickleAlignConfig) -> PickleAlignResult:
     """Run ReAlign on the pickle directories of `cfg`; outputs are each committed atomically."""
-    texts = _pickles(cfg.input_dir, "--input_dir")
-    images = _pickles(cfg.img_input_dir, "--img_input_dir")
+    texts = _pickles(cfg.input_dir, "--input_dir", "text")
+    images = _pickles(cfg.img_input_dir, "--img_input_dir", "image")
     loader = _Loader()
     show = progress_enabled(cfg.progress)
     seconds: dict[str, float] = {}
@@ -207,8 +234,12 @@ def align_pickles(cfg: PickleAlignConfig) -> PickleAlignResult:
 
     def moments(files: list[Path], what: str) -> Moments:
         total: Moments | None = None
+        flag = "--input_dir" if what == "text" else "--img_input_dir"
         for f in tqdm(files, desc=f"pass 1 {what}", unit="file", disable=not show, leave=False):
             records, kept = loader.get(f)
+            if kept and _modality_by_name(f) is None:
+                keys = ", ".join(map(repr, records[kept[0]]))
+                _require_modality(flag, f, _modality_by_keys(records[kept[0]]), what, f"its records' keys {keys}")
             for items, x in _batches(records, kept, cfg.chunk_size):
                 if cfg.strict_finite:
                     _screen(f, records, items, x)

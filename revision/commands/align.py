@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from revision.align.cli_flags import add_method_flags, add_run_flags, config_from_args
+from revision.paths import check_outputs
 
 EPILOG = """example:
   revision align --text text.zarr --image image.zarr --out aligned.zarr
@@ -40,10 +41,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from revision.align.engine import align_stores
-    from revision.align.stats import export_trace_stats
+    from revision.align.engine import align_stores, stats_beside
+    from revision.align.stats import export_trace_stats, sidecar_path
 
     cfg = config_from_args(args)
+    # Every output path is checked before pass 1: a bad --export-trace-stats found after pass 3 would
+    # leave a finished store behind an error.
+    stats_path = stats_beside(args.out)
+    check_outputs(
+        [("--text", args.text), ("--image", args.image)],
+        [
+            ("--out", args.out, "dir"),
+            ("the statistics beside --out,", stats_path, "file"),
+            ("the matrices beside --out,", sidecar_path(stats_path) if cfg.method == "realign-ot" else None, "file"),
+            ("--export-trace-stats", args.export_trace_stats, "file"),
+        ],
+    )
     result = align_stores(args.text, args.image, args.out, config=cfg)
     if args.export_trace_stats is not None:
         export_trace_stats(result.stats, args.export_trace_stats, strict_finite=cfg.strict)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from revision.errors import UserError
+from revision.paths import check_outputs
 
 EPILOG = """example (the reference script's flags, unchanged):
   revision align-pkl --input_dir ./output/text_feats --img_input_dir ./output/image_feats \\
@@ -68,10 +69,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from revision.align.pickle_compat import PickleAlignConfig, align_pickles
-
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UserError(f"--output_dir {args.output_dir}: exists and is not a directory")
+    out = args.output_dir
+    # The files written, not the folder: --output_dir may hold the input folders, but an output
+    # inside an input folder would be read back as an input pickle by the next run.
+    check_outputs(
+        [("--input_dir", args.input_dir), ("--img_input_dir", args.img_input_dir)],
+        [
+            ("--output_dir", out / "trace", "dir"),
+            ("--output_dir", out / "trace_stats.pkl" if args.save_stats else None, "file"),
+            ("--mean_file_path", args.mean_file_path or out / "mean_vector.pkl", "file"),
+        ],
+    )
+    from revision.align.pickle_compat import PickleAlignConfig, align_pickles
+
     cfg = PickleAlignConfig(
         input_dir=args.input_dir,
         img_input_dir=args.img_input_dir,

@@ -8,6 +8,8 @@ from pathlib import Path
 from revision.align.cli_flags import add_run_flags, config_from_args
 from revision.align.config import METHOD_NAMES
 from revision.errors import UserError
+from revision.modality import require_modality
+from revision.paths import check_outputs
 
 EPILOG = """example:
   revision fit --text text.zarr --image image.zarr --stats realign.json
@@ -42,9 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     from revision.align.engine import apply_stats
-    from revision.align.stats import load_stats
+    from revision.align.stats import load_stats, sidecar_path
+    from revision.store import FeatureStore
 
+    check_outputs(
+        [("--text", args.text), ("--stats", args.stats), ("the sidecar of --stats,", sidecar_path(args.stats))],
+        [("--out", args.out, "dir")],
+    )
     stats = load_stats(args.stats)
+    if not args.text.exists():
+        raise UserError(f"--text {args.text}: no such store")
+    with FeatureStore.open(args.text) as text:
+        # The engine aligns whatever rows it is given: an image store here would be written out as
+        # "aligned" images.
+        require_modality("--text", args.text, text.modality, "text")
     if args.method is not None and args.method != stats.method:
         raise UserError(f"--stats {args.stats}: statistics fitted for --method {stats.method}, not {args.method}")
     cfg = config_from_args(args, method=stats.method)

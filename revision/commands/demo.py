@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 from revision.corpus import CorpusConfig, write_corpus
+from revision.errors import UserError
+from revision.paths import check_outputs
 from revision.store import FeatureStore
 
 EPILOG = """example:
@@ -49,10 +51,23 @@ def _methods(spec: str) -> list[str]:
     chosen = [m.strip() for m in spec.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in METHOD_NAMES]
     if unknown or not chosen:
-        from revision.errors import UserError
-
         raise UserError(f"--methods: unknown {unknown or spec!r}; choose from {', '.join(METHOD_NAMES)}")
     return chosen
+
+
+def _check_sizes(args: argparse.Namespace) -> None:
+    """Refuse sizes the corpus or the diagnostics would refuse, before minutes of generating and aligning."""
+    from revision.diagnose.pipeline import MIN_SAMPLE
+
+    latent = CorpusConfig().latent
+    # The corpus puts its shared meaning in `latent` dimensions and needs more than twice that.
+    min_dim = 2 * (latent + 1)
+    if args.dim < min_dim:
+        raise UserError(f"--dim {args.dim}: the demo corpus needs at least {min_dim} dimensions")
+    if args.rows < MIN_SAMPLE:
+        raise UserError(f"--rows {args.rows}: the diagnostics need at least {MIN_SAMPLE} rows per modality")
+    if args.sample is not None and not MIN_SAMPLE <= args.sample <= args.rows:
+        raise UserError(f"--sample {args.sample}: must lie between {MIN_SAMPLE} and --rows ({args.rows})")
 
 
 def _complete(path: Path, rows: int) -> bool:
@@ -68,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from revision.diagnose.report import text_table
 
     methods = _methods(args.methods)
+    _check_sizes(args)
+    check_outputs([], [("--out", args.out, "dir")])
     cfg = CorpusConfig(rows=args.rows, dim=args.dim, seed=args.seed)
     t0 = time.perf_counter()
     text, image = write_corpus(cfg, args.out)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from revision.errors import UserError
+from revision.paths import check_outputs
 
 _EPILOG = """\
 example:
@@ -90,20 +91,27 @@ def _aligned(specs: list[str] | None) -> dict[str, str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from revision.diagnose import write_outputs
-    from revision.diagnose.pipeline import run_diagnosis
-    from revision.diagnose.report import text_table
-
     if Path(args.out).exists() and not Path(args.out).is_dir():
-        # Checked before the work, not only when writing, so a typo costs no time.
         raise UserError(f"--out {args.out}: exists and is not a folder")
+    aligned = _aligned(args.aligned)
+    # Checked before the work, not only when writing, so a typo costs no time. The report folder may
+    # hold the inputs (`--out .`); the two files written into it may not be or lie inside one.
+    check_outputs(
+        [("--text", args.text), ("--image", args.image), ("--pairs-file", args.pairs_file)]
+        + [(f"--aligned {name}", path) for name, path in (aligned or {}).items()],
+        [("--out", Path(args.out) / "metrics.json", "file"), ("--out", Path(args.out) / "report.html", "file")],
+    )
     if args.exact_limit < 1:
         raise UserError(f"--exact-limit {args.exact_limit}: must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be at least 1")
+    from revision.diagnose import write_outputs
+    from revision.diagnose.pipeline import run_diagnosis
+    from revision.diagnose.report import text_table
+
     log = None if args.quiet else (lambda msg: print(f"revision diagnose: {msg}", file=sys.stderr))
     result = run_diagnosis(
-        args.text, args.image, aligned=_aligned(args.aligned), sample=args.sample, k=args.k, seed=args.seed,
+        args.text, args.image, aligned=aligned, sample=args.sample, k=args.k, seed=args.seed,
         pairs=args.pairs, pairs_file=args.pairs_file, gpu=not args.no_gpu, threads=args.threads,
         full_spectrum=args.full_spectrum, exact_limit=args.exact_limit, log=log,
     )  # fmt: skip

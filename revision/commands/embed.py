@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from revision.errors import UserError
+from revision.paths import check_outputs
 
 EPILOG = """\
 examples:
@@ -84,7 +85,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a directory")
+    modalities = ("image", "text") if args.modality == "both" else (args.modality,)
+    # OUT may hold --data and lie inside the image folder; what is written into OUT may not be an input.
+    check_outputs(
+        [("--data", args.data)],
+        [("--out", args.out / f"{m}.zarr", "dir") for m in modalities]
+        + [("--out", args.out / "failures.jsonl", "file"), ("--out", args.out / ".failures", "dir")],
+        roots=[("--image-root", args.image_root if args.image_root is not None else args.data.parent)],
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_paths(args)
     if not args.online:
         # Before transformers/huggingface_hub load: also stops hub calls made inside third-party code
         # (llm2vec) that does not pass local_files_only.

@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from revision.errors import UserError
+from revision.paths import check_outputs
 from revision.store.export import DEFAULT_ROWS_PER_FILE, EXPORT_FORMATS, ExportSummary, export
 
 EPILOG = """examples:
@@ -40,6 +42,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.rows_per_file is not None:
+        if args.fmt not in DEFAULT_ROWS_PER_FILE:
+            raise UserError(
+                f"--rows-per-file: --format {args.fmt} writes a single file; the flag applies to "
+                f"{' and '.join(DEFAULT_ROWS_PER_FILE)}"
+            )
+        if args.rows_per_file < 1:
+            raise UserError(f"--rows-per-file {args.rows_per_file}: must be at least 1")
+    single_file = args.fmt == "parquet"
+    if single_file and args.dest.endswith(("/", os.sep)):
+        raise UserError(f"DEST {args.dest}: names a directory, but --format parquet writes a file (e.g. out.parquet)")
+    check_outputs([("STORE", args.store)], [("DEST", args.dest, "any")])
+    if os.path.lexists(args.dest):
+        hint = ""
+        if single_file and os.path.isdir(args.dest):
+            hint = f"; --format parquet writes one file, e.g. {os.path.join(args.dest, 'export.parquet')}"
+        raise UserError(f"{args.dest}: DEST already exists; remove it or choose another path{hint}")
     result = export(
         args.store,
         args.dest,

@@ -36,8 +36,15 @@ def _size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def describe(info: dict[str, Any]) -> list[tuple[str, str]]:
+def _ratio(info: dict[str, Any]) -> str:
     ratio = info.get("compression_ratio")
+    if info["rows"] < info["chunk_rows"]:
+        # One partly filled chunk is stored whole, so bytes on disk say nothing about compression.
+        return "n/a (store smaller than one chunk)"
+    return "n/a" if ratio is None else f"{ratio:.3f}"
+
+
+def describe(info: dict[str, Any]) -> list[tuple[str, str]]:
     cols = info.get("metadata_columns") or {}
     rows = [
         ("path", str(info["path"])),
@@ -49,7 +56,7 @@ def describe(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("chunking", f"{info['chunk_rows']:,} rows/chunk, {info['shard_rows']:,} rows/shard"),
         ("codec", str(info["codec"])),
         ("bytes on disk", _size(int(info["bytes_on_disk"]))),
-        ("compression ratio", "n/a" if ratio is None else f"{ratio:.3f}"),
+        ("compression ratio", _ratio(info)),
         ("metadata", ", ".join(f"{k} ({v})" for k, v in cols.items()) or "none"),
     ]
     if info.get("encoder"):
@@ -69,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         st.close()
     if args.json:
+        if info["rows"] < info["chunk_rows"]:
+            info["compression_ratio"] = None  # as in the table: not measurable below one chunk
         print(json.dumps(info, default=str))
         return 0
     width = max(len(k) for k, _ in describe(info))

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 
+from revision.paths import check_outputs
 from revision.store import CODECS, DTYPES
 from revision.store.ingest import DEFAULT_BATCH_ROWS, FORMATS, NONFINITE, ingest
 
@@ -72,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs([("SRC", args.src)], [("DEST", args.dest, "dir")])
     summary = ingest(
         args.src,
         args.dest,

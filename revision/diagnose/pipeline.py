@@ -23,6 +23,7 @@ from revision.diagnose import neighbours, sampled, streamed
 from revision.diagnose.pairs import PairSet, pairs_by_ids, pairs_from_file
 from revision.diagnose.sources import VectorSource, describe, open_source, read_unit_rows, sample_indices
 from revision.errors import UserError
+from revision.modality import require_modality
 
 # 5k rows per modality: the sampled metrics of one store take a few seconds on two cores at
 # D = 768 (k-NN is quadratic in the sample), so the demo's raw + five aligned stores at 200k rows
@@ -83,6 +84,13 @@ def _entry_names(aligned: Mapping[str, Any] | Sequence[Any] | None) -> list[tupl
     return [(key, key, spec) for key, (_, spec) in zip(keys, items, strict=True)]
 
 
+def _check_modality(flag: str, src: VectorSource, expected: str, wanted: str | None = None) -> None:
+    """Stores record their modality (aligned stores are text); arrays carry none and pass."""
+    modality = getattr(src, "modality", None)
+    if modality is not None:
+        require_modality(flag, getattr(src, "path", ""), modality, expected, wanted)
+
+
 def run_diagnosis(
     text: Any,
     image: Any,
@@ -109,6 +117,9 @@ def run_diagnosis(
     for key, label, spec in _entry_names(aligned):
         entries.append((key, label, f"--aligned {label}", open_source(spec, flag=f"--aligned {label}")))
     img = open_source(image, flag="--image")
+    for _, _, flag, src in entries:
+        _check_modality(flag, src, "text", "the text store" if flag == "--text" else "an aligned text store")
+    _check_modality("--image", img, "image")
     for _, _, flag, src in entries:
         if src.dim != img.dim:
             raise UserError(f"{flag} has dim {src.dim} but --image has dim {img.dim}: stores of different dim")

@@ -11,7 +11,6 @@ group-aligned slice and writes its own store part (`<modality>.part<r>-of-<W>.za
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -28,11 +27,10 @@ from revision.embed.dedupe import find_duplicate
 from revision.embed.dist import DistInfo
 from revision.embed.encoders import HFDualEncoder, LLM2CLIPEncoder, looks_like_llm2clip
 from revision.embed.failures import FailureLog, merge_parts, part_path
-from revision.embed.sources import MODALITIES, DatasetSource
+from revision.embed.sources import MODALITIES, DatasetSource, check_image_root, existing_ancestor
+from revision.embed.stores import META_COLUMN, check_identity, open_store, store_path
 from revision.errors import UserError
-from revision.store import FeatureStore, StoreConfig
-
-_META_COLUMN = {"image": "image_path", "text": "caption"}
+from revision.store import FeatureStore
 
 
 @dataclass
@@ -143,7 +141,7 @@ class _ModalityWriter:
     def add(self, items: list[Any], rows: torch.Tensor, failures: list[Failure]) -> None:
         if items:
             self.store.append(
-                rows, [it.id for it in items], metadata={_META_COLUMN[self.modality]: [it.value for it in items]}
+                rows, [it.id for it in items], metadata={META_COLUMN[self.modality]: [it.value for it in items]}
             )
         failures.sort(key=lambda f: f.index)
         self.log.add(failures)
@@ -181,43 +179,6 @@ def _loader(dataset: Any, cfg: EmbedConfig, device: torch.device) -> DataLoader[
         pin_memory=device.type == "cuda",
         prefetch_factor=2 if workers else None,
     )
-
-
-def _open_store(
-    path: Path, modality: str, dim: int, cfg: EmbedConfig, identity: dict[str, Any], encoder_name: str
-) -> tuple[FeatureStore, dict[str, Any]]:
-    fresh = {"next_item": identity["item_start"], "failures_bytes": 0, "failed": 0, "done": False}
-    if path.exists():
-        store = FeatureStore.open(path, mode="a")
-        prev = store.attrs.get("embed")
-        if json.dumps(prev, sort_keys=True) != json.dumps(identity, sort_keys=True):
-            prev = prev if isinstance(prev, dict) else {}
-            diff = sorted(k for k in set(prev) | set(identity) if prev.get(k) != identity.get(k))
-            store.close()
-            raise UserError(
-                f"{path}: exists from a run with other settings ({', '.join(diff)} differ); "
-                "rerun with the same flags to resume, or choose another --out"
-            )
-        return store, store.progress or fresh
-    store_cfg = StoreConfig(
-        modality=modality,
-        dim=dim,
-        dtype=cfg.store_dtype,
-        codec=cfg.codec,
-        normalized=True,
-        encoder=encoder_name,
-        provenance={"command": "revision embed", "source": str(cfg.data.resolve())},
-    )
-    store = FeatureStore.create(
-        path, store_cfg, metadata_columns={_META_COLUMN[modality]: "str"}, attrs={"embed": identity}
-    )
-    return store, fresh
-
-
-def store_path(out: Path, modality: str, dist: DistInfo) -> Path:
-    if dist.world == 1:
-        return out / f"{modality}.zarr"
-    return out / f"{modality}.part{dist.rank:03d}-of-{dist.world:03d}.zarr"
 
 
 def rank_range(n_items: int, group_items: int, dist: DistInfo) -> tuple[int, int]:
@@ -272,10 +233,14 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
         dist.pin_visible_gpu()
     device = resolve_device(cfg.device, dist)
     amp, amp_name = _autocast(device, cfg.dtype)
-    cfg.out.mkdir(parents=True, exist_ok=True)
     dist.init()
     try:
-        counts = {m: _scan(source, m, cfg.out) for m in modalities}
+        # Every input is validated and the model loaded before OUT is created: a bad --data,
+        # --image-root or --model leaves nothing behind that a corrected rerun would trip over.
+        counts = {m: _scan(source, m, existing_ancestor(cfg.out)) for m in modalities}
+        ranges = {m: rank_range(counts[m], cfg.group_items, dist) for m in modalities}
+        if "image" in modalities:
+            check_image_root(source, image_root, *ranges["image"])
         encoder = load_encoder(cfg, device, modalities)
         desc = encoder.describe()
         dims = {m: _probe_dim(encoder, m, device, amp) for m in modalities}
@@ -284,10 +249,10 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
                 f"image features are {dims['image']}-d but text features {dims['text']}-d: the image and text "
                 "models do not share one embedding space"
             )
-        summary = EmbedSummary()
+        identities = {}
         for m in modalities:
-            start, stop = rank_range(counts[m], cfg.group_items, dist)
-            identity = {
+            start, stop = ranges[m]
+            identities[m] = {
                 # Only this modality's tower: a later --modality run into the same --out must match.
                 "encoder": {"kind": desc["kind"], **desc[m]},
                 "source_format": source.format,
@@ -299,7 +264,15 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
                 "compute": {"device": device.type, "autocast": amp_name},
             }
             path = store_path(cfg.out, m, dist)
-            store, progress = _open_store(path, m, dims[m], cfg, identity, _encoder_name(desc, m))
+            if path.exists():  # both stores are checked before either is written
+                with FeatureStore.open(path) as st:
+                    check_identity(path, st.attrs.get("embed"), identities[m])
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        summary = EmbedSummary()
+        for m in modalities:
+            start, stop = ranges[m]
+            path = store_path(cfg.out, m, dist)
+            store, progress = open_store(path, m, dims[m], cfg, identities[m], _encoder_name(desc, m))
             log = FailureLog(part_path(cfg.out, m, dist.rank), m, int(progress["failures_bytes"]))
             writer = _ModalityWriter(store, log, m, progress, cfg.commit_seconds)
             try:

@@ -170,3 +170,37 @@ class DatasetSource:
     def describe(self, modality: str, index: int) -> str:
         """Where item `index` of a modality is, for messages (the item number in that modality)."""
         return f"{self.path}: {modality} item {index}"
+
+
+# Enough items that a few missing files among them cannot pass for a wrong folder, few enough that
+# checking them costs nothing next to loading the model.
+ROOT_PROBE_ITEMS = 64
+
+
+def check_image_root(source: DatasetSource, image_root: Path, start: int, stop: int) -> None:
+    """Refuse an --image-root under which none of the first image paths of [start, stop) exist.
+
+    Run before any output is created; the runner's check of its first batch stays as a backstop.
+    """
+    probed: list[str] = []
+    for item in source.items("image"):
+        if item.index < start:
+            continue
+        if item.index >= stop or len(probed) == ROOT_PROBE_ITEMS:
+            break
+        if (image_root / item.value).exists():
+            return
+        probed.append(item.value)
+    if probed:
+        raise UserError(
+            f"--image-root: none of the first {len(probed)} images exist under {image_root} "
+            f"(e.g. {probed[0]!r}); is it the folder the paths in --data are relative to?"
+        )
+
+
+def existing_ancestor(path: Path) -> Path:
+    """`path` or its nearest existing parent: where scratch files may go before `path` is created."""
+    p = path.resolve()
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return p
