@@ -146,8 +146,8 @@ class FeatureStore:
         # lock is taken on the new directory before the rename and moves with it (flock belongs to
         # the inode), so no other writer can slip in between the rename and our open.
         tmp = p.with_name(f".{p.name}.creating-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         make_dirs(p.parent, durable=sync)
+        _remove_abandoned_creations(p)
         try:
             tmp.mkdir()
         except OSError as exc:
@@ -588,6 +588,19 @@ class FeatureStore:
             "format_version": self._record.get("format_version"),
             "attrs": self.attrs,
         }
+
+
+def _remove_abandoned_creations(p: Path) -> None:
+    """Remove `.<name>.creating-*` directories of creators that died (their lock is free)."""
+    for d in p.parent.glob(f".{p.name}.creating-*"):
+        try:
+            lock = WriterLock.acquire(d, str(d))
+        except (UserError, OSError):
+            continue  # a live creator (or gone already): not ours to touch
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            lock.release()
 
 
 def _encode_column(name: str, kind: str, values: Sequence[Any], path: Path) -> np.ndarray:
