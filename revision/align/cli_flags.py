@@ -7,33 +7,44 @@ from typing import Any
 
 from revision.align.config import DEFAULT_NOISE_STD, METHOD_NAMES, OUT_DTYPES, AlignConfig
 
+#: The method flags and their AlignConfig fields. Their parser defaults are None (AlignConfig holds
+#: the real defaults), so a command can tell which were given and refuse those it would ignore.
+METHOD_PARAM_FLAGS: dict[str, str] = {
+    "--method": "method",
+    "--gap-lambda": "gap_lambda",
+    "--noise-std": "noise_std",
+    "--seed": "seed",
+    "--shrinkage": "shrinkage",
+}
+
 
 def add_method_flags(p: argparse.ArgumentParser) -> None:
     """--method and the parameters of the methods that have some."""
+    defaults = AlignConfig()
     p.add_argument(
         "--method",
-        default="realign",
+        default=None,
         choices=METHOD_NAMES,
-        help="alignment method (default: %(default)s); see the README for when each is the right choice",
+        help=f"alignment method (default: {defaults.method}); see the README for when each is the right choice",
     )
     p.add_argument(
         "--gap-lambda",
         type=float,
         default=None,
-        help="gap-shift: distance to move along the unit gap direction (default: the gap's length ‖μ_i − μ_t‖)",
+        help="gap-shift: distance ≥ 0 to move along the unit gap direction (default: the gap's length ‖μ_i − μ_t‖)",
     )
     p.add_argument(
         "--noise-std",
         type=float,
-        default=DEFAULT_NOISE_STD,
-        help="c3/capdec: Gaussian noise std per coordinate (default: sqrt(0.016) ≈ %(default).4f)",
+        default=None,
+        help=f"c3/capdec: Gaussian noise std per coordinate (default: sqrt(0.016) ≈ {DEFAULT_NOISE_STD:.4f})",
     )
-    p.add_argument("--seed", type=int, default=0, help="c3/capdec: noise seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help=f"c3/capdec: noise seed (default: {defaults.seed})")
     p.add_argument(
         "--shrinkage",
         type=float,
-        default=1e-3,
-        help="realign-ot: covariance shrinkage α in [0, 1] toward (tr Σ / D)·I (default: %(default)s)",
+        default=None,
+        help=f"realign-ot: covariance shrinkage α in [0, 1] toward (tr Σ / D)·I (default: {defaults.shrinkage:g})",
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -20,7 +21,7 @@ import torch
 from revision.align.config import AlignConfig
 from revision.align.methods import Method, get_method, torch_dtype
 from revision.align.passes import PassTiming, iter_blocks, moments_pass, screen_block
-from revision.align.stats import AlignStats, save_stats
+from revision.align.stats import AlignStats, check_degenerate, save_stats
 from revision.align.writebehind import WriteBehind
 from revision.errors import UserError
 from revision.store import FeatureStore, StoreConfig
@@ -51,13 +52,18 @@ class AlignResult:
         return "; ".join(parts)
 
 
-def _open(store: StoreLike, flag: str) -> FeatureStore:
+def _open(store: StoreLike, flag: str, owned: ExitStack) -> FeatureStore:
+    """The store itself, or the store at that path opened here and closed when `owned` unwinds.
+
+    A caller's open store stays open; a store opened by a pass is closed by it (on errors too), so
+    its shard files are not left to the garbage collector while a traceback still holds the frame.
+    """
     if isinstance(store, FeatureStore):
         return store
     p = Path(store)
     if not p.exists():
         raise UserError(f"{flag} {p}: no such store")
-    return FeatureStore.open(p)
+    return owned.enter_context(FeatureStore.open(p))
 
 
 def _check_inputs(text: FeatureStore, image: FeatureStore | None, method: Method) -> None:
@@ -87,7 +93,11 @@ def centroid_pass(text: StoreLike, stats: AlignStats, config: AlignConfig) -> tu
     On a shard of a larger text set, run it with the merged pass-1 statistics of all shards, then
     `revision.align.shards.merge_centroids` the results.
     """
-    t = _open(text, "--text")
+    with ExitStack() as owned:
+        return _centroid_pass(_open(text, "--text", owned), stats, config)
+
+
+def _centroid_pass(t: FeatureStore, stats: AlignStats, config: AlignConfig) -> tuple[AlignStats, PassTiming]:
     method = get_method(stats.method)
     if stats.dim != t.dim:
         raise UserError(f"--text {t.path} has dim {t.dim}, the statistics have dim {stats.dim}")
@@ -121,30 +131,34 @@ def fit_stores(
     `centroid_pass` per shard against the merged statistics).
     """
     method = get_method(config.method)
-    t = _open(text, "--text")
-    i = _open(image, "--image") if image is not None else None
-    _check_inputs(t, i, method)
-    common: dict[str, Any] = {
-        "strict": config.strict,
-        "block_rows": config.block_rows,
-        "progress": config.progress,
-        "device": config.torch_device(),
-    }
-    tm, t_time = moments_pass(t, second_moment=method.covariance, desc="pass 1 text", **common)
-    timings = [t_time]
-    im = None
-    if i is not None:
-        im, i_time = moments_pass(i, second_moment=method.covariance, desc="pass 1 image", **common)
-        timings.append(i_time)
-    stats = method.derive(tm, im, config, where=f"--text {t.path}")
-    if method.centroid and centroid:
-        stats, timing = centroid_pass(t, stats, config)
-        timings.append(timing)
-    stats = replace(
-        stats,
-        inputs={"text": _store_ref(t), "image": None if i is None else _store_ref(i)},
-        config=config.to_json(),
-    )
+    with ExitStack() as owned:
+        t = _open(text, "--text", owned)
+        i = _open(image, "--image", owned) if image is not None else None
+        _check_inputs(t, i, method)
+        common: dict[str, Any] = {
+            "strict": config.strict,
+            "block_rows": config.block_rows,
+            "progress": config.progress,
+            "device": config.torch_device(),
+        }
+        tm, t_time = moments_pass(t, second_moment=method.covariance, desc="pass 1 text", **common)
+        timings = [t_time]
+        im = None
+        if i is not None:
+            im, i_time = moments_pass(i, second_moment=method.covariance, desc="pass 1 image", **common)
+            timings.append(i_time)
+        stats = method.derive(tm, im, config, where=f"--text {t.path}")
+        if centroid:
+            # A shard's pass 1 alone may be tiny; only complete statistics are judged.
+            check_degenerate(stats, strict=config.strict, where=f"--text {t.path}")
+        if method.centroid and centroid:
+            stats, timing = _centroid_pass(t, stats, config)
+            timings.append(timing)
+        stats = replace(
+            stats,
+            inputs={"text": _store_ref(t), "image": None if i is None else _store_ref(i)},
+            config=config.to_json(),
+        )
     if stats_path is not None:
         save_stats(stats, stats_path)
     return stats, timings
@@ -238,10 +252,25 @@ def apply_stats(
     stats_path: Path | None = None,
 ) -> AlignResult:
     """Pass 3: write the aligned rows of `text` to the store `out`, resuming an interrupted run."""
-    t = _open(text, "--text")
+    with ExitStack() as owned:
+        return _apply(_open(text, "--text", owned), stats, out, config, screen=screen, stats_path=stats_path)
+
+
+def _apply(
+    t: FeatureStore,
+    stats: AlignStats,
+    out: str | os.PathLike[str],
+    config: AlignConfig,
+    *,
+    screen: bool,
+    stats_path: Path | None,
+) -> AlignResult:
     if t.rows == 0:
         raise UserError(f"--text {t.path}: empty store (0 rows)")
     method = _check_stats(stats, t, config, str(stats_path) if stats_path else "statistics")
+    # Settings that can fail are resolved before the output exists, so a refusal leaves nothing behind.
+    device = config.torch_device()
+    pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
     out_p = Path(out)
     created = not out_p.exists()
     dst = _open_output(out_p, t, method, config, stats)
@@ -253,7 +282,6 @@ def apply_stats(
     commit_every = config.commit_rows or default_commit_rows(dst)
     next_commit = (start // commit_every + 1) * commit_every
     out_dtype = torch_dtype(config.out_dtype)
-    pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
     columns = list(t.metadata_columns)
     t0 = time.perf_counter()
     # A deep write queue: with 2 blocks in flight the writer starved whenever the kernel paused it for
@@ -262,7 +290,7 @@ def apply_stats(
     # Output blocks cycle through a few reused buffers: allocating one per block made glibc keep freed
     # blocks in per-thread arenas (peak RSS 0.7 → 2 GB on 1M rows). Once `submit` returns, at most
     # `depth` writes are pending, so a buffer is free again `depth + 1` blocks later.
-    ring = OutputRing(writes.depth + 2, t.dim, out_dtype) if config.torch_device().type == "cpu" else None
+    ring = OutputRing(writes.depth + 2, t.dim, out_dtype) if device.type == "cpu" else None
     try:
         for row0, block in iter_blocks(
             t,
@@ -270,7 +298,7 @@ def apply_stats(
             block_rows=config.block_rows,
             desc="pass 3 apply",
             progress=config.progress,
-            device=config.torch_device(),
+            device=device,
         ):
             if screen and config.strict:
                 screen_block(block, row0, t)

@@ -3,7 +3,11 @@
 Pass 1 is a sum of per-row terms, so the moments of disjoint shards merge exactly (Chan, in the
 given order) and the method's statistics are re-derived from the merged moments. Pass 2 depends
 on the global pass-1 statistics, so each shard runs it against the merged pass-1 result; the
-shards' centroid sums then add up. The result equals a fit on all rows to float64 rounding.
+shards' centroid sums then add up. With the column totals in the pass-1 moments (the stats files
+save them) the merged means are bit for bit those of one fit on all rows; the rest equals it to
+float64 rounding.
+
+The same shard given twice would count its rows twice: parts with identical statistics are refused.
 
     parts = [fit_stores(t_k, i_k, cfg, centroid=False)[0] for each shard k]
     global1 = merge_pass1(parts, cfg)
@@ -13,6 +17,7 @@ shards' centroid sums then add up. The result equals a fit on all rows to float6
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import reduce
@@ -21,15 +26,47 @@ import torch
 
 from revision.align.config import AlignConfig
 from revision.align.methods import get_method
-from revision.align.stats import AlignStats
+from revision.align.stats import AlignStats, check_degenerate
 from revision.errors import UserError
 from revision.kernels import Moments, merge_moments
 
 
-def merge_pass1(parts: Sequence[AlignStats], config: AlignConfig) -> AlignStats:
-    """Pass-1 statistics of disjoint shards → the statistics of their union (no centroid yet)."""
+def _fingerprint(tensors: Sequence[torch.Tensor | None], counts: Sequence[int]) -> str:
+    h = hashlib.sha256(repr(list(counts)).encode())
+    for t in tensors:
+        h.update(b"-" if t is None else t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _pass1_fingerprint(p: AlignStats) -> str:
+    moments = [m for m in (p.text, p.image) if m is not None]
+    return _fingerprint([t for m in moments for t in (m.mean, m.m2, m.total)], [m.n for m in moments])
+
+
+def _refuse_duplicates(keys: Sequence[str], names: Sequence[str]) -> None:
+    seen: dict[str, int] = {}
+    for k, key in enumerate(keys):
+        if key in seen:
+            raise UserError(
+                f"merge: {names[k]} holds the same statistics as {names[seen[key]]}; a shard merged twice "
+                "would count its rows twice"
+            )
+        seen[key] = k
+
+
+def _names(parts: Sequence[AlignStats], names: Sequence[str] | None) -> list[str]:
+    return list(names) if names is not None else [f"part {k}" for k in range(len(parts))]
+
+
+def merge_pass1(parts: Sequence[AlignStats], config: AlignConfig, *, names: Sequence[str] | None = None) -> AlignStats:
+    """Pass-1 statistics of disjoint shards → the statistics of their union (no centroid yet).
+
+    names: how errors call the parts (their files), default "part k". The merged statistics are
+    checked for degenerate modalities (`check_degenerate`, strict per `config`).
+    """
     if not parts:
         raise UserError("merge: no statistics to merge")
+    _refuse_duplicates([_pass1_fingerprint(p) for p in parts], _names(parts, names))
     first = parts[0]
     for k, p in enumerate(parts[1:], start=1):
         if (p.method, p.dim, p.params) != (first.method, first.dim, first.params):
@@ -43,6 +80,7 @@ def merge_pass1(parts: Sequence[AlignStats], config: AlignConfig) -> AlignStats:
     images = [p.image for p in parts if p.image is not None]
     image: Moments | None = reduce(merge_moments, images) if images else None
     merged = get_method(first.method).derive(text, image, config, where="merged statistics")
+    check_degenerate(merged, strict=config.strict, where="merged statistics")
     return replace(merged, inputs={"shards": [p.inputs for p in parts]}, config=config.to_json())
 
 
@@ -52,10 +90,11 @@ def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     return bool(torch.equal(a, b))
 
 
-def merge_centroids(parts: Sequence[AlignStats]) -> AlignStats:
+def merge_centroids(parts: Sequence[AlignStats], *, names: Sequence[str] | None = None) -> AlignStats:
     """Pass-2 sums of text shards, each computed against the same merged pass-1 statistics → μ̂."""
     if not parts:
         raise UserError("merge: no statistics to merge")
+    _refuse_duplicates([_fingerprint([p.sum_h], [p.n_hat]) for p in parts], _names(parts, names))
     first = parts[0]
     for k, p in enumerate(parts[1:], start=1):
         same = (

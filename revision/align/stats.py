@@ -2,9 +2,15 @@
 
 The JSON has a readable header (method, parameters, row counts, scale, traces, inputs, config) and
 the vectors as exact float64 lists (Python's float repr round-trips bit for bit). The raw pass-1
-moments (n, mean, M2 per modality) and the pass-2 centroid sums are kept too, so statistics of
-shards can be merged exactly. D×D matrices (realign-ot) go to a sidecar `<stats>.npz`.
-The reference's `trace_stats.pkl` can be written from the same object.
+moments (n, mean, M2 and the column totals per modality) and the pass-2 centroid sums are kept too,
+so statistics of shards merge exactly: with the totals, a merged mean is the merged total over the
+count, bit for bit the mean of one fit on all rows. Files written before the totals were saved
+still load; their merges fall back to Chan's mean update (within a float64 rounding, which the
+float32 rounding of the means can turn into one float32 ulp). D×D matrices (realign-ot) go to a
+sidecar `<stats>.npz`. The reference's `trace_stats.pkl` can be written from the same object.
+
+`check_degenerate` judges complete statistics: too few rows or a zero spread in a modality makes
+ReAlign's scale meaningless (identical text rows give s ≈ 88,000).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import io
 import json
 import os
 import pickle
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,7 +106,7 @@ def _vec(t: torch.Tensor | None) -> list[float] | None:
 def _moments_json(m: Moments | None) -> dict[str, Any] | None:
     if m is None:
         return None
-    return {"n": m.n, "mean": _vec(m.mean), "m2": _vec(m.m2)}
+    return {"n": m.n, "mean": _vec(m.mean), "m2": _vec(m.m2), "total": _vec(m.total)}
 
 
 def sidecar_path(path: Path) -> Path:
@@ -150,7 +157,10 @@ def _moments_from(doc: dict[str, Any] | None, dim: int, path: Path, como: np.nda
     if doc is None:
         return None
     c = None if como is None else torch.from_numpy(como.copy())
-    return Moments(int(doc["n"]), _tensor(doc["mean"], dim, path, "mean"), _tensor(doc["m2"], dim, path, "m2"), c)
+    # Files from before the totals were saved have none: merges then use Chan's mean update.
+    total = None if doc.get("total") is None else _tensor(doc["total"], dim, path, "total")
+    mean, m2 = _tensor(doc["mean"], dim, path, "mean"), _tensor(doc["m2"], dim, path, "m2")
+    return Moments(int(doc["n"]), mean, m2, c, total)
 
 
 def load_stats(path: str | os.PathLike[str]) -> AlignStats:
@@ -204,6 +214,52 @@ def load_stats(path: str | os.PathLike[str]) -> AlignStats:
         raise
     except (KeyError, TypeError, ValueError, AssertionError) as exc:
         raise UserError(f"{p}: damaged stats file ({type(exc).__name__}: {exc})") from None
+
+
+#: A modality needs this many rows for a spread at all; fewer is refused (a warning under --no-strict).
+MIN_ROWS = 2
+#: Fewer rows than this give a noisy trace and scale: a warning.
+FEW_ROWS = 100
+#: A trace at most this fraction of the rows' mean squared norm (trace + ‖μ‖², 1 for unit rows)
+#: counts as zero: the rows are all alike (float64 rounding of identical rows leaves ~1e-16).
+ZERO_TRACE = 1e-9
+
+
+def degenerate_findings(stats: AlignStats) -> list[tuple[bool, str]]:
+    """(serious, message) for each modality with too few rows or a spread of ~0."""
+    found: list[tuple[bool, str]] = []
+    for name, m in (("text", stats.text), ("image", stats.image)):
+        if m is None:
+            continue
+        if m.n < MIN_ROWS:
+            found.append((True, f"{m.n} {name} row(s): at least {MIN_ROWS} are needed for a spread (trace)"))
+            continue
+        trace = m.trace
+        square_norm = trace + float(m.mean.to(torch.float64) @ m.mean.to(torch.float64))
+        if trace <= ZERO_TRACE * square_norm:
+            found.append((True, f"the {name} trace is {trace:.3g}, ~0 (≤ {ZERO_TRACE:g} of the rows' mean "
+                                f"squared norm {square_norm:.3g}): the {name} rows are all alike"))  # fmt: skip
+        elif m.n < FEW_ROWS:
+            found.append((False, f"only {m.n} {name} rows (fewer than {FEW_ROWS}): the {name} trace "
+                                 f"{trace:.3g} is a noisy estimate"))  # fmt: skip
+    return found
+
+
+def check_degenerate(stats: AlignStats, *, strict: bool, where: str) -> list[str]:
+    """Refuse (strict) or warn on stderr about degenerate statistics; returns the warnings printed.
+
+    Serious findings (fewer than MIN_ROWS rows, a trace of ~0) are a UserError under strict and a
+    warning under --no-strict; few rows (below FEW_ROWS) are always only a warning.
+    """
+    scale = "" if stats.scale is None else f" (scale s = {stats.scale:.6g})"
+    warned: list[str] = []
+    for serious, what in degenerate_findings(stats):
+        if serious and strict:
+            raise UserError(f"{where}: degenerate statistics{scale}: {what}; pass --no-strict to fit anyway")
+        line = f"revision: warning: {where}: {what}{scale}"
+        print(line, file=sys.stderr)
+        warned.append(line)
+    return warned
 
 
 def trace_stats_record(stats: AlignStats, *, strict_finite: bool) -> dict[str, Any]:
