@@ -18,6 +18,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 import revision.kernels as K  # noqa: E402
+from revision.kernels import native  # noqa: E402
 from revision.kernels.compare import OUTPUT_TOLERANCE, assert_close  # noqa: E402
 
 SHAPES = [(1, 1), (7, 257), (33, 1280), (4099, 64)]
@@ -308,3 +309,41 @@ def test_kernel_rows_do_not_depend_on_chunking(device: str) -> None:
     parts = K.merge_moments(K.row_stats_triton(x[:61]), K.row_stats_triton(x[61:]))
     assert_close(parts.mean, stats.mean, atol=1e-7, rtol=1e-6, what="chunked kernel mean")
     assert_close(parts.m2, stats.m2, atol=1e-5, rtol=1e-5, what="chunked kernel m2")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 257), (33, 1280), (300, 63), (4099, 64)], ids=str)
+def test_row_stats_kernel_matches_c_path_bitwise(device: str, shape: tuple[int, int], dtype: torch.dtype) -> None:
+    """The kernel's statistics are the CPU path's: the same unit rows (C's sum-of-squares order and unit rule,
+    the float64 rule for NaN/Inf, zero and huge rows), exact float64 column totals, means as total / n, so
+    the means and their float32 rounding (the reference's) agree bit for bit; M2 to fp32 block rounding."""
+    if not native.available():
+        pytest.skip("the C kernels are not built")
+    x = _rows(*shape, dtype, device)
+    if shape[0] >= 7 and dtype != torch.float16:
+        x[6] *= 1e20  # norm above the fast range: the reference rule's fallback
+    for normalize in (True, False):
+        if not normalize:
+            # Raw rows of like magnitude: their float64 sums are exact in any order.
+            x = _rows(*shape, dtype, device).nan_to_num(nan=0.0, posinf=1.0, neginf=-1.0)
+        got = K.row_stats_triton(x, normalize=normalize)
+        want = native.row_stats_native(x.cpu(), normalize=normalize)
+        what = f"normalize={normalize}"
+        assert got.n == want.n and got.total is not None and want.total is not None
+        assert torch.equal(got.total.cpu(), want.total), (
+            f"{what}: totals differ by {(got.total.cpu() - want.total).abs().max():.3g}"
+        )
+        assert torch.equal(got.mean.cpu(), want.mean), (
+            f"{what}: means differ by {(got.mean.cpu() - want.mean).abs().max():.3g}"
+        )
+        assert torch.equal(got.mean.cpu().float(), want.mean.float()), what
+        assert_close(got.m2, want.m2, atol=1e-9 * want.n, rtol=2e-6, what=f"m2 ({what})")
+
+
+def test_row_stats_kernel_means_do_not_depend_on_programs(device: str) -> None:
+    """Means are the grand total over the count: the same bits whether one program or many saw the rows."""
+    x = _rows(700, 96, torch.bfloat16, device)
+    whole = K.row_stats_triton(x)
+    parts = K.merge_moments(K.row_stats_triton(x[:333]), K.row_stats_triton(x[333:]))
+    assert torch.equal(parts.mean, whole.mean)
+    assert_close(parts.m2, whole.m2, atol=1e-9, rtol=1e-6, what="m2 over parts (fp32 block rounding)")
