@@ -98,12 +98,14 @@ def _measure(kind: str, src: str, dest: str) -> dict[str, Any]:
     return {"kind": kind, "rows": rows, "bytes": nbytes, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
-def measure(kind: str, src: Path, dest: Path | None = None, repeats: int = 1) -> dict[str, Any]:
+def measure(
+    kind: str, src: Path, dest: Path | None = None, repeats: int = 1, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run one measurement `repeats` times in subprocesses; keep the fastest (page cache warm)."""
     best: dict[str, Any] | None = None
     for _ in range(repeats):
         cmd = [sys.executable, __file__, "--_measure", kind, str(src), str(dest or "")]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})})
         if res.returncode != 0:
             raise RuntimeError(f"{kind} failed:\n{res.stderr}")
         doc = json.loads(res.stdout.strip().splitlines()[-1])
@@ -147,6 +149,27 @@ def codec_comparison(work: Path, rows: int, dim: int, repeats: int) -> list[dict
     return out
 
 
+def durability_cost(work: Path, npy: Path, repeats: int) -> dict[str, Any]:
+    """Ingest with durable commits (the default: fsync before every rename) against REVISION_NO_FSYNC=1.
+
+    Alternated, each the fastest of `repeats`, so both see the same page-cache and disk state.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"durable": [], "no_fsync": []}
+    for _ in range(repeats):
+        for name, env in (("durable", {}), ("no_fsync", {"REVISION_NO_FSYNC": "1"})):
+            runs[name].append(measure("ingest_npy", npy, work / f"store_dur_{name}.zarr", 1, env))
+            shutil.rmtree(work / f"store_dur_{name}.zarr", ignore_errors=True)
+    best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
+    return {
+        "rows": best["durable"]["rows"],
+        "durable_seconds": best["durable"]["seconds"],
+        "no_fsync_seconds": best["no_fsync"]["seconds"],
+        "durable_mb_per_s": best["durable"]["mb_per_s"],
+        "no_fsync_mb_per_s": best["no_fsync"]["mb_per_s"],
+        "cost_ratio": best["durable"]["seconds"] / best["no_fsync"]["seconds"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows at the large size (default: %(default)s)")
@@ -155,10 +178,27 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each timed step (default: %(default)s)")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--json-out", type=Path, default=None, help="results file (default: bench/results/store.json)")
+    ap.add_argument(
+        "--only-durability",
+        action="store_true",
+        help="measure only the cost of durable commits (ingest at --rows), into the results file's 'durability'",
+    )
     ap.add_argument("--_measure", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._measure:
         print(json.dumps(_measure(*args._measure)))
+        return
+    if args.only_durability:
+        work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_store_"))
+        inputs = make_inputs(work, args.rows, args.dim)
+        cost = durability_cost(work, inputs["npy"], args.repeats)
+        out_path = args.json_out or (Path(__file__).resolve().parent / "results" / "store.json")
+        doc = json.loads(out_path.read_text()) if out_path.exists() else {}
+        doc["durability"] = {**cost, "dim": args.dim, "command": " ".join(sys.argv)}
+        out_path.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+        print(json.dumps(doc["durability"], indent=1))
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
         return
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_store_"))
@@ -197,6 +237,8 @@ def main() -> None:
     }
     print_table(table, ["rows", "step", "rows/s", "MB/s", "seconds", "peak RSS MB"])
     results["codecs"] = codec_comparison(work, min(args.rows, 262144), args.dim, args.repeats)
+    results["durability"] = durability_cost(work, make_inputs(work, sizes[-1], args.dim)["npy"], args.repeats)
+    print(f"durable commits cost {results['durability']['cost_ratio']:.2f}x the ingest time without fsync")
     print()
     print_table(results["codecs"], ["codec", "compression_ratio", "write_mb_per_s", "scan_mb_per_s"])
     print(f"\nscan / np.load throughput: {results['scan_vs_np_load']:.2f}x")
