@@ -23,6 +23,7 @@ are shut out, each by its own means:
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import os
 import pickle
@@ -59,6 +60,9 @@ class _NdarrayToken:
 
     __slots__ = ()
 
+    def __call__(self, *args: Any) -> Any:
+        raise Refused(f"numpy.ndarray{_short.repr(args)} cannot be called (numpy's pickles only name it)")
+
     def __repr__(self) -> str:
         return "numpy.ndarray"
 
@@ -69,10 +73,11 @@ _NDARRAY = _NdarrayToken()
 class _DType:
     """A numeric dtype named by the pickle; BUILD may set only its byte order."""
 
-    __slots__ = ("dtype",)
+    __slots__ = ("dtype", "numeric")
 
     def __init__(self, dtype: np.dtype[Any]) -> None:
         self.dtype = dtype
+        self.numeric = dtype.kind in "biufc"
 
     def __setstate__(self, state: Any) -> None:
         # numpy writes (3, byteorder, None, None, None, elsize, alignment, flags); only the byte order
@@ -108,7 +113,23 @@ class _Built:
         if type(state) is not tuple or len(state) != 5 or state[0] != 1 or type(state[0]) is not int:
             raise Refused(f"an array state {_short.repr(state)} is not (1, shape, dtype, fortran, bytes)")
         _, shape, dtype, fortran, raw = state
-        self.value = _array(shape, dtype, fortran, raw)
+        if (
+            type(shape) is tuple
+            and len(shape) == 1
+            and type(shape[0]) is int
+            and type(dtype) is _DType
+            and dtype.numeric
+            and fortran is False
+            and type(raw) is bytes
+            and len(raw) == shape[0] * dtype.dtype.itemsize
+        ):
+            # The common case, one vector, checked field by field above; numpy's own C code then
+            # copies the bytes (the state holds nothing but ints, a numeric dtype and exact bytes).
+            arr = np.ndarray((0,), np.uint8)
+            arr.__setstate__((1, shape, dtype.dtype, np.False_, raw))
+            self.value = arr
+            return
+        self.value = _array(shape, dtype, fortran, raw, native=True)
 
     def get(self) -> Any:
         if self.value is _UNSET:
@@ -139,14 +160,13 @@ def _dtype(*args: Any) -> _DType:
     return _DType(dt)
 
 
+_RECONSTRUCT_ARGS = ((_NDARRAY, (0,), b"b"), (_NDARRAY, (0,), "b"))
+
+
 def _reconstruct(*args: Any) -> _Built:
-    if len(args) != 3 or args[0] is not _NDARRAY:
-        raise Refused(f"numpy _reconstruct{_short.repr(args)}: only plain numpy arrays are allowed")
-    shape, spec = args[1], args[2]
-    if type(shape) is not tuple or len(shape) != 1 or type(shape[0]) is not int or shape[0] != 0:
-        raise Refused(f"numpy _reconstruct{_short.repr(args)}: not what numpy writes")
-    if spec not in (b"b", "b") or type(spec) not in (bytes, str):
-        raise Refused(f"numpy _reconstruct{_short.repr(args)}: not what numpy writes")
+    # Tuple equality on the pickle's builtins and the token: no code of the pickle's choosing runs.
+    if args != _RECONSTRUCT_ARGS[0] and args != _RECONSTRUCT_ARGS[1]:
+        raise Refused(f"numpy _reconstruct{_short.repr(args)}: only (numpy.ndarray, (0,), b'b'), as numpy writes")
     return _Built()
 
 
@@ -154,7 +174,7 @@ def _frombuffer(*args: Any) -> _Built:
     if len(args) != 4 or args[3] not in ("C", "F") or type(args[3]) is not str:
         raise Refused(f"numpy _frombuffer{_short.repr(args)}: not what numpy writes")
     buf, dtype, shape, order = args
-    return _Built(_array(shape, dtype, order == "F", buf))
+    return _Built(_array(shape, dtype, order == "F", buf, native=False))
 
 
 def _scalar(*args: Any) -> _Built:
@@ -176,8 +196,18 @@ def _encode(*args: Any) -> bytes:
         raise Refused("_codecs.encode: text outside latin-1") from None
 
 
-def _array(shape: Any, dtype: Any, fortran: Any, raw: Any) -> np.ndarray:
-    """A new array of `dtype` and `shape` holding `raw`, which must be exactly its bytes."""
+def _empty_bytes(*args: Any) -> bytes:
+    # Protocol 2 spells empty bytes (a zero-size array's data) as bytes().
+    if args:
+        raise Refused(f"bytes{_short.repr(args)}: only bytes() is allowed")
+    return b""
+
+
+def _array(shape: Any, dtype: Any, fortran: Any, raw: Any, *, native: bool) -> np.ndarray:
+    """A new array of `dtype` and `shape` holding `raw`, which must be exactly its bytes.
+
+    native: convert to native byte order, as numpy's `__setstate__` does (its `_frombuffer` does not).
+    """
     if type(dtype) is not _DType:
         raise Refused(f"an array's dtype is {_short.repr(dtype)}, not a numeric numpy dtype")
     dt = dtype.dtype
@@ -196,11 +226,12 @@ def _array(shape: Any, dtype: Any, fortran: Any, raw: Any) -> np.ndarray:
     try:
         if need == 0:
             return np.empty(shape, dtype=dt, order=order)
-        flat = np.frombuffer(raw, dtype=dt)
-        # bytes are immutable, so their array is read-only: copy it, as numpy's own unpickling does;
-        # a bytearray (protocol 5) is already private to this array.
-        arr = flat.reshape(shape, order=order)
-        return arr if type(raw) is bytearray else arr.copy(order="K")
+        # Always a copy that owns its memory: an array over bytes would be read-only, and one over a
+        # bytearray would hold a buffer export that a garbage-collected cycle can outlive.
+        arr = np.frombuffer(raw, dtype=dt).reshape(shape, order=order)
+        if native and not dt.isnative:  # as numpy's __setstate__: native byte order, same values
+            return arr.astype(dt.newbyteorder("="), order="K")
+        return arr.copy(order="K")
     except (ValueError, OverflowError, MemoryError) as exc:
         raise Refused(f"an array of shape {_short.repr(shape)} {dt}: {exc}") from None
 
@@ -215,10 +246,12 @@ _CHECKERS: dict[tuple[str, str], Any] = {
     ("numpy.core.numeric", "_frombuffer"): _frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("_codecs", "encode"): _encode,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 #: The globals a list of dicts of str/numbers/numpy arrays names, across numpy 1.x (`numpy.core`) and
-#: 2.x (`numpy._core`) and pickle protocols 2 (bytes via `_codecs.encode`) to 5 (`_frombuffer`).
+#: 2.x (`numpy._core`) and pickle protocols 2 (bytes via `_codecs.encode` and `bytes()`) to 5 (`_frombuffer`).
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(_CHECKERS)
 
 
@@ -262,8 +295,24 @@ def _resolve(root: Any) -> Any:
         return root.get()
     if type(root) in _PLACEHOLDERS:
         _refuse_nested(root)
-    seen: set[int] = set()
     stack = [root]
+    if type(root) is list:
+        # The reference layout, a list of flat dicts, in one cheap pass; anything nested goes on the
+        # stack for the general walk below (which may see these dicts again: replacing is idempotent).
+        stack = []
+        for rec in root:
+            if type(rec) is dict:
+                for k, v in rec.items():
+                    tv = type(v)
+                    if tv is _Built:
+                        rec[k] = v.get()
+                    elif tv in _CONTAINERS or tv in _PLACEHOLDERS or type(k) is not str:
+                        stack.append(rec)
+                        break
+            elif type(rec) in _CONTAINERS or type(rec) in _PLACEHOLDERS:
+                stack.append(root)
+                break
+    seen: set[int] = set()
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
@@ -387,6 +436,11 @@ def _trial_load(path: str | os.PathLike[str], fd: int, limit: float) -> None:
     if pid == 0:  # the child: load, report a refusal, never return into the caller's code
         try:
             os.close(r)
+            # A crash, or CPython's own complaints about a corrupt stream, are outcomes to report
+            # through the pipe as one line, not noise on the user's terminal.
+            faulthandler.disable()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
             message = ""
             try:
                 os.lseek(fd, 0, os.SEEK_SET)
