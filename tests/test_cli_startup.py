@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from revision.cli import COMMANDS
@@ -117,3 +118,58 @@ def test_sigint_right_after_start_is_quiet(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err
     assert proc.returncode in (130, 2, -signal.SIGINT), (proc.returncode, err)
+
+
+def _tiny_pair(root: Path, rows: int = 20, dim: int = 32) -> tuple[Path, Path]:
+    from test_align_oracle import make_store
+
+    rng = np.random.default_rng(0)
+    make_store(root / "t.zarr", (rng.normal(size=(rows, dim)) + 1).astype(np.float32), "text", chunk_rows=16).close()
+    make_store(root / "i.zarr", (rng.normal(size=(rows, dim)) - 1).astype(np.float32), "image", chunk_rows=16).close()
+    return root / "t.zarr", root / "i.zarr"
+
+
+def test_diagnose_of_a_small_store_loads_no_torch(tmp_path: Path) -> None:
+    t, i = _tiny_pair(tmp_path)
+    res = _probe("diagnose", "--text", str(t), "--image", str(i), "--out", str(tmp_path / "d"), "--quiet", "--pairs")
+    assert res["code"] == 0, res
+    assert "torch" not in res["heavy"], res
+    assert (tmp_path / "d" / "report.html").is_file()
+    # Refused before the work: matplotlib, needed only to draw the report's figures, is not loaded.
+    res = _probe("diagnose", "--text", str(t), "--image", str(i), "--out", str(tmp_path / "e"), "--sample", "5")
+    assert res["code"] == 2 and not {"torch", "matplotlib"} & set(res["heavy"]), res
+
+
+@pytest.mark.parametrize(("n", "d", "gap"), [(40, 8, 0.0), (300, 16, 0.3), (500, 64, 3.0)])
+def test_separability_fit_reaches_the_torch_lbfgs_optimum(n: int, d: int, gap: float) -> None:
+    import torch
+
+    from revision.diagnose.sampled import _L2, _fit_logistic
+
+    rng = np.random.default_rng(n)
+    x = np.hstack([rng.normal(size=(2 * n, d)), np.ones((2 * n, 1))])
+    y = np.repeat([0.0, 1.0], n)
+    x[n:, 0] += gap
+    w = _fit_logistic(x, y, _L2)
+
+    # The previous implementation, kept here as the reference: torch's L-BFGS with strong Wolfe.
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    wt = torch.zeros(d + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([wt], lr=1.0, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
+
+    def loss_of(v: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(xt @ v, yt) + _L2 * (v[:-1] @ v[:-1])
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_of(wt)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        ours, ref = float(loss_of(torch.from_numpy(w))), float(loss_of(wt))
+        assert ours <= ref + 1e-7 * max(1.0, abs(ref)), (ours, ref)
+        agree = float(((xt @ torch.from_numpy(w) > 0) == (xt @ wt > 0)).double().mean())
+    assert agree >= 0.99, agree
+    assert np.abs(w - wt.detach().numpy()).max() < 1e-3 * max(1.0, np.abs(w).max())

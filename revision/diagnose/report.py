@@ -11,7 +11,6 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
-from revision.diagnose import figures
 from revision.diagnose.pipeline import EntryFigures
 
 # (key, label, what to expect): the rows of both tables, in order.
@@ -197,6 +196,8 @@ def render_html(metrics: Mapping[str, Mapping[str, Any]], figs: Mapping[str, Ent
             f" Retrieval: {p['sampled']:,} sampled pairs ({_PAIR_KINDS.get(p['kind'], p['kind'])}); "
             f"paired RMG over {raw['rmg_paired_rows']:,} pairs."
         )
+    from revision.diagnose import figures  # matplotlib loads when a figure is drawn, not with the metrics table
+
     pictures = [
         ("Cosine similarity, cross- vs intra-modal", figures.cosine_histograms(metrics, figs),
          "With a modality gap the text–image histogram sits left of both intra-modal ones."),
