@@ -126,7 +126,7 @@ class _Built:
             # The common case, one vector, checked field by field above; numpy's own C code then
             # copies the bytes (the state holds nothing but ints, a numeric dtype and exact bytes).
             arr = np.ndarray((0,), np.uint8)
-            arr.__setstate__((1, shape, dtype.dtype, np.False_, raw))
+            arr.__setstate__((1, shape, dtype.dtype, False, raw))  # type: ignore[arg-type]
             self.value = arr
             return
         self.value = _array(shape, dtype, fortran, raw, native=True)
