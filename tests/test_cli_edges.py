@@ -115,6 +115,7 @@ def _a_file(w: Path) -> None:
 
 
 ALIGN = ("align", "--text", "{w}/t.zarr", "--image", "{w}/i.zarr", "--no-progress")
+FIT = ("fit", "--text", "{w}/t.zarr", "--image", "{w}/i.zarr", "--no-progress")
 APPLY = ("apply", "--stats", "{w}/s.json", "--no-progress")
 DIAG = ("diagnose", "--quiet", "--no-gpu", "--sample", "10")
 PKL = ("align-pkl", "--no-progress")
@@ -222,10 +223,27 @@ CASES = [
         2,
         "is the input SRC",
     ),
+    Case(
+        "fit-stats-is-trace-stats",
+        (*FIT, "--stats", "{w}/x.json", "--export-trace-stats", "{w}/x.json"),
+        2,
+        "is the output --stats",
+    ),
+    Case("fit-stats-is-text", (*FIT, "--stats", "{w}/t.zarr"), 2, "is the input --text"),
+    Case(
+        "fit-stats-is-merge-input", ("fit", "--merge", "{w}/s.json", "--stats", "{w}/s.json"), 2, "is the input --merge"
+    ),
     # 7: a folder given where a file goes, and a file where a folder goes: refused before any pass.
     Case(
         "align-trace-stats-dir",
         (*ALIGN, "--out", "{w}/o.zarr", "--export-trace-stats", "{w}/folder"),
+        2,
+        "is a directory",
+    ),
+    Case("fit-stats-dir", (*FIT, "--stats", "{w}/folder"), 2, "is a directory"),
+    Case(
+        "fit-trace-stats-dir",
+        (*FIT, "--stats", "{w}/x.json", "--export-trace-stats", "{w}/folder"),
         2,
         "is a directory",
     ),

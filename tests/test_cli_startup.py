@@ -53,6 +53,9 @@ def _probe(*argv: str) -> dict[str, object]:
         ("align",),  # a required flag missing
         ("align", "--help"),
         ("apply",),
+        ("fit",),
+        ("train",),
+        ("caption",),
         ("align-pkl",),
         ("info",),
         ("diagnose",),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from revision.align.cli_flags import METHOD_PARAM_FLAGS, add_method_flags, add_run_flags, config_from_args
 from revision.errors import UserError
+from revision.paths import check_outputs
 
 if TYPE_CHECKING:
     from revision.align.passes import PassTiming
@@ -138,9 +139,19 @@ def _merge(paths: list[Path], *, strict: bool) -> AlignStats:
 
 def run(args: argparse.Namespace) -> int:
     from revision.align.engine import centroid_pass, fit_stores
-    from revision.align.stats import load_stats, save_stats, trace_stats_record, write_pickle
+    from revision.align.stats import load_stats, save_stats, sidecar_path, trace_stats_record, write_pickle
 
     _check_flags(args)
+    # Before the passes: a bad output path found after them costs the work and leaves a stats file.
+    check_outputs(
+        [("--text", args.text), ("--image", args.image), ("--centroid-from", args.centroid_from)]
+        + [("--merge", p) for p in args.merge or ()],
+        [
+            ("--stats", args.stats, "file"),
+            ("the matrices beside --stats,", sidecar_path(args.stats), "file"),
+            ("--export-trace-stats", args.export_trace_stats, "file"),
+        ],
+    )
     timings: list[PassTiming] = []
     if args.merge:
         stats = _merge(args.merge, strict=args.strict)
