@@ -8,6 +8,8 @@ temporary file, each write into it, its fsync, the rename, a directory's fsync. 
   kill     SIGKILL this process (a crash: nothing after this point happens)
   eio      raise OSError(EIO) (a failing disk)
   enospc   raise OSError(ENOSPC) (a full disk)
+  sigint   send SIGINT to this process (a Ctrl-C: the main thread gets KeyboardInterrupt and the
+           write in progress, on whichever thread, completes or is abandoned as the job decides)
 `REVISION_FAULT=count` only counts. With `REVISION_FAULT_LOG=FILE` each point appends one line
 (`<n> <kind> <path>`) to FILE, so the suite learns how many points a clean run has and where they are.
 `REVISION_FAULT_MATCH=<substring>` counts only points whose path contains it.
@@ -24,7 +26,7 @@ from pathlib import Path
 _ENV = "REVISION_FAULT"
 _LOG_ENV = "REVISION_FAULT_LOG"
 _MATCH_ENV = "REVISION_FAULT_MATCH"
-ACTIONS = ("kill", "eio", "enospc")
+ACTIONS = ("kill", "eio", "enospc", "sigint")
 
 _lock = threading.Lock()
 _count = 0
@@ -38,7 +40,7 @@ def _plan() -> tuple[str, int] | None:
         return ("count", 0)
     action, _, n = spec.partition("@")
     if action not in ACTIONS or not n.isdigit():
-        raise ValueError(f"{_ENV}={spec!r}: expected count or <kill|eio|enospc>@<n>")
+        raise ValueError(f"{_ENV}={spec!r}: expected count or <{'|'.join(ACTIONS)}>@<n>")
     return (action, int(n))
 
 
@@ -65,6 +67,9 @@ def point(kind: str, path: Path | str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "sigint":
+        os.kill(os.getpid(), signal.SIGINT)
+        return
     code = errno.EIO if action == "eio" else errno.ENOSPC
     raise OSError(code, os.strerror(code), str(path))
 

@@ -33,7 +33,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,18 +180,35 @@ class FeatureStore:
         return cls._open(p, "a", durable=sync, lock=lock)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], mode: str = "r", *, durable: bool | None = None) -> FeatureStore:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        mode: str = "r",
+        *,
+        durable: bool | None = None,
+        owner_check: Callable[[FeatureStore], None] | None = None,
+    ) -> FeatureStore:
         """Open an existing store read-only ("r") or for appending/resuming ("a").
 
         "a" takes the store's writer lock first (LockedError, naming the holder, if another process
-        has it), then repairs what a crashed writer left past the last commit.
+        has it), then calls `owner_check(store)` (which raises if the store is not the caller's to
+        write: nothing has been touched yet), then repairs what a crashed writer left past the last
+        commit.
         """
         if mode not in ("r", "a"):
             raise StoreError(f"mode must be 'r' or 'a', got {mode!r}")
-        return cls._open(Path(path), mode, durable=resolve_durable(durable), lock=None)
+        return cls._open(Path(path), mode, durable=resolve_durable(durable), lock=None, owner_check=owner_check)
 
     @classmethod
-    def _open(cls, p: Path, mode: str, *, durable: bool, lock: WriterLock | None) -> FeatureStore:
+    def _open(
+        cls,
+        p: Path,
+        mode: str,
+        *,
+        durable: bool,
+        lock: WriterLock | None,
+        owner_check: Callable[[FeatureStore], None] | None = None,
+    ) -> FeatureStore:
         if mode == "a" and lock is None and (p / "zarr.json").is_file():
             lock = WriterLock.acquire(p, f"{p}: store")
         try:
@@ -199,6 +216,8 @@ class FeatureStore:
             if mode == "a":
                 assert lock is not None
                 store._lock = lock
+                if owner_check is not None:
+                    owner_check(store)
                 store._start_writing(durable)
         except BaseException:
             if lock is not None:

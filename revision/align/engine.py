@@ -20,11 +20,22 @@ import torch
 
 from revision.align.config import AlignConfig
 from revision.align.methods import Method, get_method, torch_dtype
+from revision.align.output import (
+    COMMIT_SECONDS,
+    CommitClock,
+    check_before_work,
+    default_commit_rows,
+    finished_run,
+    open_output,
+    progress_record,
+    run_identity,
+)
 from revision.align.passes import PassTiming, iter_blocks, moments_pass, screen_block
-from revision.align.stats import AlignStats, check_degenerate, save_stats
+from revision.align.stats import AlignStats, check_degenerate, load_stats, save_stats
 from revision.align.writebehind import WriteBehind
 from revision.errors import UserError
-from revision.store import FeatureStore, StoreConfig
+from revision.store import FeatureStore
+from revision.store.atomic import WriteError
 
 StoreLike: TypeAlias = "FeatureStore | str | os.PathLike[str]"
 
@@ -42,6 +53,7 @@ class AlignResult:
     rows: int
     timings: list[PassTiming] = field(default_factory=list)
     resumed_from: int = 0
+    complete: bool = False  # the output was already complete: nothing was done
 
     @property
     def seconds(self) -> float:
@@ -175,43 +187,6 @@ def _check_stats(stats: AlignStats, text: FeatureStore, config: AlignConfig, sta
     return method
 
 
-def _out_config(text: FeatureStore, method: Method, config: AlignConfig, stats: AlignStats) -> StoreConfig:
-    return StoreConfig(
-        modality="text",
-        dim=text.dim,
-        dtype=config.out_dtype,
-        chunk_rows=text.chunk_rows,
-        # The text store's geometry: output shards line up with input shards (and stay sanely sized).
-        chunks_per_shard=max(1, text.shard_rows // text.chunk_rows),
-        codec=text.codec,
-        normalized=method.unit_output,
-        encoder=text.config.encoder,
-        provenance={**text.config.provenance, "aligned_from": str(text.path), "alignment_method": stats.method},
-    )
-
-
-def _open_output(out: Path, text: FeatureStore, method: Method, config: AlignConfig, stats: AlignStats) -> FeatureStore:
-    digest = stats.digest()
-    if not out.exists():
-        attrs = {k: v for k, v in text.attrs.items() if k != "alignment"}
-        attrs["alignment"] = stats.header()
-        return FeatureStore.create(
-            out, _out_config(text, method, config, stats), metadata_columns=dict(text.metadata_columns), attrs=attrs
-        )
-    st = FeatureStore.open(out, mode="a")
-    prog = st.progress or {}
-    if prog.get("job") != "align-apply" or prog.get("stats") != digest or prog.get("source_rows") != text.rows:
-        st.close()
-        raise UserError(
-            f"--out {out}: already exists and was not written by an unfinished apply of these statistics "
-            "on this text store; remove it or pick another --out"
-        )
-    if st.dtype != config.out_dtype:
-        st.close()
-        raise UserError(f"--out {out}: an unfinished run with --out-dtype {st.dtype}; resume with the same flag")
-    return st
-
-
 #: Output blocks pass 3 keeps queued for the writer thread.
 PASS3_QUEUE_BLOCKS = 8
 
@@ -232,16 +207,6 @@ class OutputRing:
         return buf[:rows]
 
 
-#: Output bytes between the default commits of pass 3: per-shard commits cost ~0.6 s per 5 GB here.
-COMMIT_BYTES = 1 << 30
-
-
-def default_commit_rows(dst: FeatureStore) -> int:
-    """Whole output shards adding up to about COMMIT_BYTES (at least one shard)."""
-    shard_bytes = dst.shard_rows * dst.dim * dst.np_dtype.itemsize
-    return dst.shard_rows * max(1, round(COMMIT_BYTES / shard_bytes))
-
-
 def apply_stats(
     text: StoreLike,
     stats: AlignStats,
@@ -250,10 +215,27 @@ def apply_stats(
     *,
     screen: bool = True,
     stats_path: Path | None = None,
+    run: dict[str, Any] | None = None,
+    commit_seconds: float = COMMIT_SECONDS,
 ) -> AlignResult:
-    """Pass 3: write the aligned rows of `text` to the store `out`, resuming an interrupted run."""
+    """Pass 3: write the aligned rows of `text` to the store `out`, resuming an interrupted run.
+
+    Commits come every `config.commit_rows` rows (default: about 1 GiB of output) or every
+    `commit_seconds`, whichever is first; the output records its progress from its creation on, so
+    a run interrupted at any moment resumes. `run` (align's inputs and settings) is recorded so a
+    re-run of a finished align is recognised.
+    """
     with ExitStack() as owned:
-        return _apply(_open(text, "--text", owned), stats, out, config, screen=screen, stats_path=stats_path)
+        return _apply(
+            _open(text, "--text", owned),
+            stats,
+            out,
+            config,
+            screen=screen,
+            stats_path=stats_path,
+            run=run,
+            commit_seconds=commit_seconds,
+        )
 
 
 def _apply(
@@ -264,6 +246,8 @@ def _apply(
     *,
     screen: bool,
     stats_path: Path | None,
+    run: dict[str, Any] | None,
+    commit_seconds: float,
 ) -> AlignResult:
     if t.rows == 0:
         raise UserError(f"--text {t.path}: empty store (0 rows)")
@@ -273,14 +257,12 @@ def _apply(
     pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
     out_p = Path(out)
     created = not out_p.exists()
-    dst = _open_output(out_p, t, method, config, stats)
-    digest = stats.digest()
+    dst = open_output(out_p, t, method, config, stats, run)
     start = dst.rows
     if dst.progress and dst.progress.get("done"):
         dst.close()
-        return AlignResult(out_p, stats, stats_path, t.rows, [], resumed_from=start)
-    commit_every = config.commit_rows or default_commit_rows(dst)
-    next_commit = (start // commit_every + 1) * commit_every
+        return AlignResult(out_p, stats, stats_path, t.rows, [], resumed_from=start, complete=True)
+    clock = CommitClock(start, config.commit_rows or default_commit_rows(dst), commit_seconds)
     out_dtype = torch_dtype(config.out_dtype)
     columns = list(t.metadata_columns)
     t0 = time.perf_counter()
@@ -307,26 +289,23 @@ def _apply(
             meta = {name: t.read_metadata(name, row0, row0 + n) for name in columns}
             writes.submit(dst.append, aligned, t.read_ids(row0, row0 + n), meta)
             done = row0 + n
-            if done >= next_commit and done < t.rows:
-                writes.submit(
-                    dst.commit,
-                    progress={"job": "align-apply", "stats": digest, "source_rows": t.rows, "next_row": done},
-                )
-                next_commit = (done // commit_every + 1) * commit_every
+            if done < t.rows and clock.due(done):
+                writes.submit(dst.commit, progress=progress_record(stats, t, done, run))
                 if pause:
                     writes.drain()
                     print(f"committed {done} rows", flush=True)
                     time.sleep(pause)
-        final = {"job": "align-apply", "stats": digest, "source_rows": t.rows, "next_row": t.rows, "done": True}
+        final = progress_record(stats, t, t.rows, run)
         writes.submit(dst.commit, progress=final, attrs={"alignment": stats.header()})
         writes.drain()
-    except UserError:
-        # Bad input found mid-way (strict screening): a store this run created is removed, so no
-        # half-aligned output is left behind. A resumed store keeps its committed rows.
+    except UserError as exc:
         writes.close()
-        dst.close()
-        if created:
+        if created and not isinstance(exc, WriteError):
+            # Bad input found mid-way (strict screening): a store this run created is removed (while
+            # still holding its lock), so no half-aligned output is left behind. A resumed store, or
+            # one whose write failed (disk full: a re-run resumes it), keeps its committed rows.
             shutil.rmtree(out_p, ignore_errors=True)
+        dst.close()
         raise
     finally:
         writes.close()
@@ -363,8 +342,19 @@ def align_stores(
         overrides["method"] = method
     cfg = replace(base, **overrides) if overrides else base
     sp = stats_beside(out)
-    stats, timings = fit_stores(text, image, cfg)
-    result = apply_stats(text, stats, out, cfg, screen=False, stats_path=sp)
+    out_p = Path(out)
+    with ExitStack() as owned:
+        t = _open(text, "--text", owned)
+        i = _open(image, "--image", owned) if image is not None else None
+        run = run_identity(t, i, cfg)
+        done = finished_run(out_p, run)
+        if done is not None and sp.is_file():
+            # The same command again after it finished: say so instead of redoing passes 1-2.
+            done.close()
+            return AlignResult(out_p, load_stats(sp), sp, t.rows, [], resumed_from=t.rows, complete=True)
+        check_before_work(out_p, t)
+        stats, timings = fit_stores(t, i, cfg)
+        result = apply_stats(t, stats, out, cfg, screen=False, stats_path=sp, run=run)
     # Saved once the store is complete, so a refused or failed run never overwrites the stats of
     # another store at that path.
     save_stats(stats, sp)

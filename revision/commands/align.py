@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     result = align_stores(args.text, args.image, args.out, config=cfg)
     if args.export_trace_stats is not None:
         export_trace_stats(result.stats, args.export_trace_stats, strict_finite=cfg.strict)
+    if result.complete:
+        print(f"{args.out}: already complete ({result.rows:,} rows); nothing to do")
+        return 0
     if result.resumed_from:
         print(f"resumed at row {result.resumed_from:,}")
     print(f"align {cfg.method}: {result.rows:,} rows -> {args.out} (stats: {result.stats_path})")

@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--stats {args.stats}: statistics fitted for --method {stats.method}, not {args.method}")
     cfg = config_from_args(args, method=stats.method)
     result = apply_stats(args.text, stats, args.out, cfg, stats_path=args.stats)
+    if result.complete:
+        print(f"{args.out}: already complete ({result.rows:,} rows); nothing to do")
+        return 0
     if result.resumed_from:
         print(f"resumed at row {result.resumed_from:,}")
     print(f"apply {stats.method}: {result.rows:,} rows -> {args.out}")
