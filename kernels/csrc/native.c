@@ -45,17 +45,34 @@ static const double NORM_HIGH = 1e18;
 /* The reference rule leaves rows with a norm below this unscaled (kernels/unit_rule.py). */
 static const double NORM_FLOOR = 1e-10;
 
-/* Decodes n values starting at element j0 of a row into out[j0 …]. */
+/* Type punning goes through memcpy only. A float written through a uint32_t * (or read back as one)
+ * is undefined behaviour that GCC at -O3 may exploit, moving the integer stores past the float loads
+ * that read them; and a 16-bit load through a uint16_t * is undefined at an odd address, which a
+ * tensor over a packed numpy buffer can have. GCC turns these memcpy calls into plain (vector)
+ * loads and stores. */
+static inline float float_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint32_t load_u16(const char *p) {
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* Decodes n values starting at element j0 of a row (any address) into out[j0 …]. */
 static inline void decode(const char *src, int dt, int64_t j0, int64_t n, float *restrict out) {
     if (dt == DT_F32) {
-        memcpy(out + j0, (const float *)src + j0, (size_t)n * sizeof(float));
+        memcpy(out + j0, src + j0 * (int64_t)sizeof(float), (size_t)n * sizeof(float));
     } else if (dt == DT_F16) {
         /* Bit arithmetic rather than a _Float16 cast: GCC has no vector mode for the cast without
          * AVX512-FP16 and calls a library routine per value; this loop vectorises on any level. */
-        const uint16_t *h = (const uint16_t *)src + j0;
-        uint32_t *o = (uint32_t *)(out + j0);
+        const char *h = src + j0 * 2;
         for (int64_t j = 0; j < n; j++) {
-            uint32_t em = h[j] & 0x7FFFu;
+            uint32_t bits = load_u16(h + 2 * j);
+            uint32_t em = bits & 0x7FFFu;
             uint32_t normal = (em << 13) + (112u << 23);      /* rebias the exponent: 15 -> 127 */
             uint32_t special = (em << 13) | 0x7F800000u;      /* Inf, NaN (payload kept) */
             float subf = (float)(int32_t)em * 0x1p-24f;       /* subnormal: exact */
@@ -63,12 +80,11 @@ static inline void decode(const char *src, int dt, int64_t j0, int64_t n, float 
             memcpy(&sub, &subf, sizeof sub);
             uint32_t is_special = 0u - (uint32_t)(em >= 0x7C00u), is_sub = 0u - (uint32_t)(em < 0x0400u);
             uint32_t mag = (special & is_special) | (sub & is_sub) | (normal & ~(is_special | is_sub));
-            o[j] = mag | ((uint32_t)(h[j] & 0x8000u) << 16);
+            out[j0 + j] = float_from_bits(mag | ((bits & 0x8000u) << 16));
         }
     } else {
-        const uint16_t *b = (const uint16_t *)src + j0;
-        uint32_t *o = (uint32_t *)(out + j0);
-        for (int64_t j = 0; j < n; j++) o[j] = (uint32_t)b[j] << 16;
+        const char *b = src + j0 * 2;
+        for (int64_t j = 0; j < n; j++) out[j0 + j] = float_from_bits(load_u16(b + 2 * j) << 16);
     }
 }
 
@@ -189,7 +205,11 @@ typedef struct {
 /* Moments of rows [0, n): returns -1, or the first bad row when screening (nothing merged then).
  * rows: GROUP * d floats of scratch. */
 CLONES static int64_t moments_rows(const char *base, int dt, int64_t stride, int64_t n, int64_t d, int normalize,
-                                   int screen, moments_t *acc, float *rows, float *shift, double *s, double *q) {
+                                   int screen, moments_t *acc, float *restrict rows, float *restrict shift,
+                                   double *restrict s, double *restrict q) {
+    /* restrict, not type-based aliasing, tells GCC the sums never overlap the rows, so these loops
+     * vectorise under -fno-strict-aliasing too. */
+    double *restrict mean = acc->mean, *restrict m2 = acc->m2, *restrict total = acc->total;
     for (int64_t b0 = 0; b0 < n; b0 += BLOCK_ROWS) {
         int64_t b1 = b0 + BLOCK_ROWS < n ? b0 + BLOCK_ROWS : n;
         int64_t nb = b1 - b0;
@@ -231,8 +251,7 @@ CLONES static int64_t moments_rows(const char *base, int dt, int64_t stride, int
                 q[j] += (a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3);
             }
         }
-        double total = (double)(acc->count + nb);
-        double w_new = (double)nb / total;
+        double w_new = (double)nb / (double)(acc->count + nb);
         double w_cross = (double)acc->count * w_new;
         for (int64_t j = 0; j < d; j++) {
             double bm2 = q[j] - s[j] * (s[j] / (double)nb);
@@ -242,10 +261,10 @@ CLONES static int64_t moments_rows(const char *base, int dt, int64_t stride, int
              * rounds twice, and flips float32 ties when the means are rounded to fp32 later.) */
             double bsum = (double)nb * (double)shift[j] + s[j];
             double bmean = bsum / (double)nb;
-            double delta = bmean - acc->mean[j];
-            acc->total[j] += bsum;
-            acc->mean[j] += delta * w_new;
-            acc->m2[j] += bm2 + delta * delta * w_cross;
+            double delta = bmean - mean[j];
+            total[j] += bsum;
+            mean[j] += delta * w_new;
+            m2[j] += bm2 + delta * delta * w_cross;
         }
         acc->count += nb;
     }
@@ -279,21 +298,30 @@ CLONES static void centroid_rows(const char *base, int dt, int64_t stride, int64
     }
 }
 
+/* Writes the aligned rows, contiguous, to out (any address: stores go through memcpy). */
 CLONES static void apply_rows(const char *base, int dt, int64_t stride, int64_t n, int64_t d, const float *offset,
                               float s, const float *shift, char *out, int out_dt, float *row) {
+    const int64_t item = out_dt == DT_F32 ? 4 : 2;
     for (int64_t i = 0; i < n; i++) {
         float sumsq = load_row(base + i * stride, dt, d, row);
         float r2 = project_row(row, d, sumsq, offset, s);
         float r3 = unit_factor(row, d, axpy_sumsq(row, shift, r2, d), 0);
+        char *o = out + i * d * item;
         if (out_dt == DT_F32) {
-            float *o = (float *)out + i * d;
-            for (int64_t j = 0; j < d; j++) o[j] = row[j] * r3;
+            for (int64_t j = 0; j < d; j++) {
+                float v = row[j] * r3;
+                memcpy(o + 4 * j, &v, sizeof v);
+            }
         } else if (out_dt == DT_F16) {
-            _Float16 *o = (_Float16 *)out + i * d;
-            for (int64_t j = 0; j < d; j++) o[j] = (_Float16)(row[j] * r3);
+            for (int64_t j = 0; j < d; j++) {
+                _Float16 v = (_Float16)(row[j] * r3);
+                memcpy(o + 2 * j, &v, sizeof v);
+            }
         } else {
-            uint16_t *o = (uint16_t *)out + i * d;
-            for (int64_t j = 0; j < d; j++) o[j] = f32_to_bf16(row[j] * r3);
+            for (int64_t j = 0; j < d; j++) {
+                uint16_t v = f32_to_bf16(row[j] * r3);
+                memcpy(o + 2 * j, &v, sizeof v);
+            }
         }
     }
 }
