@@ -2,6 +2,9 @@
 
 import sys
 
-from revision.cli import main
+try:
+    from revision.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the interpreter loads the CLI: quiet, as inside main()
+    sys.exit(130)
 
 sys.exit(main())
