@@ -246,10 +246,22 @@ def test_metadata_that_cannot_be_stored_is_refused_without_recursing(tmp_path: P
             pass
 
 
+def _two_records(caption_ops: bytes) -> bytes:
+    vec = _reconstruct(_state((2,), _dtype("f2") + _DTYPE_STATE, _bytes(b"\0" * 4)))
+
+    def rec(ident: str, caption: bytes) -> bytes:
+        return b"}(" + _str("id") + _str(ident) + _str("caption") + caption + _str("embed") + vec + b"u"
+
+    return b"\x80\x02](" + rec("a", _str("x")) + rec("b", caption_ops) + b"e."
+
+
 def test_hostile_pickle_through_the_cli_exits_2_with_one_line_and_creates_nothing(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    (src / "text_embeds_1.pkl").write_bytes(HOSTILE["object_dtype_pointer"][0])
+    # The forged object array sits where an error message would print it: dereferencing the pointer
+    # killed the process (rc 139) before the loader refused object dtypes.
+    forged = _ND + b"(" + _int(1) + b"\x85" + _dtype("O") + _bytes(b"A" * 8) + b"tR"
+    (src / "text_embeds_1.pkl").write_bytes(_two_records(forged))
     dest = tmp_path / "s.zarr"
     proc = subprocess.run(
         [PY, "-m", "revision", "ingest", str(src), str(dest), "--format", "reference-pkl"],
