@@ -3,8 +3,17 @@
 Each export is the inverse of the matching ingest: ids, metadata (with its kinds and, for pickles,
 the records' key order) and vector bytes come back exactly, so store → files → store is the
 identity. Everything is written under a temporary name next to DEST and renamed into place at the
-end; an existing DEST is never touched. Memory: one output file's rows for pickles (the format needs
-the whole list at once), one read block for npy and parquet.
+end; an existing DEST is never touched.
+
+Column names: every metadata column is exported. One whose name is taken by the format's own fields
+(`id` and `embed` in pickles, `id` and `embedding` in npy/parquet) is renamed `meta_<name>` (then
+`meta_<name>_2`, `_3`, … if that is taken too). npy/parquet record the renaming in the schema
+metadata, so their ingest restores the store's names; a pickle has nowhere to record it, so its
+ingest keeps `meta_<name>`. Values: "json" columns holding bytes (`{BYTES_TAG: base64}` in the store)
+become bytes again in pickles; npy/parquet keep the JSON text.
+
+Memory: one output file's rows for pickles (the format needs the whole list at once), one read
+block for npy and parquet.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from .featurestore import FeatureStore, StoreError, to_torch
 from .npy_io import LAYOUT_PREFIX, write_npy_header
 from .parquet_io import arrow_schema, metadata_table, vector_array
 from .pickle_io import reference_file_names, write_reference_pickle
+from .sources import from_json_value
 
 EXPORT_FORMATS = ("reference-pkl", "npy", "parquet", "memmap")
 DEFAULT_ROWS_PER_FILE = {"reference-pkl": 200_000, "npy": 1_000_000}
@@ -120,27 +130,54 @@ def _metadata(st: FeatureStore, lo: int, hi: int) -> dict[str, Any]:
     return out
 
 
+PICKLE_FIELDS = ("id", "embed")
+TABLE_FIELDS = ("id", "embedding")
+
+
+def exported_names(columns: list[str], reserved: tuple[str, ...]) -> dict[str, str]:
+    """Store column → exported name: a column named like one of `reserved` becomes `meta_<name>`,
+    then `meta_<name>_2`, `_3`, … until the name is free (of columns and reserved names alike)."""
+    taken = set(columns) | set(reserved)
+    names: dict[str, str] = {}
+    for col in columns:
+        if col not in reserved:
+            names[col] = col
+            continue
+        candidate, k = f"meta_{col}", 2
+        while candidate in taken:
+            candidate, k = f"meta_{col}_{k}", k + 1
+        taken.add(candidate)
+        names[col] = candidate
+    return names
+
+
 def record_keys(st: FeatureStore) -> list[str]:
     """Key order of exported records: the ingested pickles' own, else id, metadata…, embed."""
     keys = st.attrs.get("ingest", {}).get("record_keys")
     expected = {"id", "embed", *st.metadata_columns}
     if isinstance(keys, list) and set(keys) == expected and len(keys) == len(expected):
         return [str(k) for k in keys]
-    return ["id", *st.metadata_columns, "embed"]
+    names = exported_names(list(st.metadata_columns), PICKLE_FIELDS)
+    return ["id", *names.values(), "embed"]
 
 
 def _export_pickles(st: FeatureStore, tmp: Path, per_file: int) -> int:
     tmp.mkdir(parents=True)
     keys = record_keys(st)
+    column_of = {v: k for k, v in exported_names(list(st.metadata_columns), PICKLE_FIELDS).items()}
+    json_columns = [c for c, kind in st.metadata_columns.items() if kind == "json"]
     ranges = _ranges(st.rows, per_file)
     for name, (lo, hi) in zip(reference_file_names(st.modality, len(ranges)), ranges, strict=True):
         vectors = _vectors_out(st, st.read(lo, hi))
         ids = st.read_ids(lo, hi).tolist()
         meta = _metadata(st, lo, hi)
+        for c in json_columns:
+            meta[c] = [from_json_value(v) for v in meta[c]]
+        by_key = {k: meta[column_of.get(k, k)] for k in keys if k not in PICKLE_FIELDS}
         records = []
         for i in range(hi - lo):
             # A fresh array per record, as the reference pickles it (not a view into one block).
-            rec = {k: ids[i] if k == "id" else vectors[i].copy() if k == "embed" else meta[k][i] for k in keys}
+            rec = {k: ids[i] if k == "id" else vectors[i].copy() if k == "embed" else by_key[k][i] for k in keys}
             records.append(rec)
         write_reference_pickle(tmp / name, records)
         del records, vectors, meta
@@ -152,17 +189,29 @@ def _blocks(st: FeatureStore, lo: int, hi: int, block_rows: int | None) -> Itera
         yield start, start + len(block), _vectors_out(st, block)
 
 
-def _schema(st: FeatureStore) -> pa.Schema:
+def _schema(st: FeatureStore) -> tuple[pa.Schema, dict[str, str]]:
+    """The Arrow schema of exported rows, and store column → exported column name."""
     dtype = np.dtype("<f4") if st.dtype == "bfloat16" else st.np_dtype
-    layout = {"modality": st.modality, "dtype": st.dtype}
-    return arrow_schema(dict(st.metadata_columns), dtype, st.dim, layout)
+    names = exported_names(list(st.metadata_columns), TABLE_FIELDS)
+    layout: dict[str, Any] = {"modality": st.modality, "dtype": st.dtype}
+    renamed = {new: old for old, new in names.items() if new != old}
+    if renamed:
+        layout["renamed"] = renamed
+    columns = {names[c]: kind for c, kind in st.metadata_columns.items()}
+    return arrow_schema(columns, dtype, st.dim, layout), names
+
+
+def _table_arrays(st: FeatureStore, a: int, b: int, schema: pa.Schema, names: dict[str, str]) -> dict[str, pa.Array]:
+    meta = {names[c]: v for c, v in _metadata(st, a, b).items()}
+    columns = {names[c]: kind for c, kind in st.metadata_columns.items()}
+    return metadata_table(st.read_ids(a, b).tolist(), meta, columns, schema)
 
 
 def _export_npy(st: FeatureStore, tmp: Path, per_file: int, block_rows: int | None) -> int:
     prefix = LAYOUT_PREFIX[st.modality]
     (tmp / f"{prefix}_emb").mkdir(parents=True)
     (tmp / "metadata").mkdir()
-    schema = _schema(st)
+    schema, names = _schema(st)
     meta_schema = pa.schema([f for f in schema if f.name != "embedding"], metadata=schema.metadata)
     dtype = np.dtype("<f4") if st.dtype == "bfloat16" else st.np_dtype
     ranges = _ranges(st.rows, per_file)
@@ -175,16 +224,15 @@ def _export_npy(st: FeatureStore, tmp: Path, per_file: int, block_rows: int | No
             write_npy_header(fh, dtype, (hi - lo, st.dim))
             for a, b, block in _blocks(st, lo, hi, block_rows):
                 fh.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
-                arrays = metadata_table(st.read_ids(a, b).tolist(), _metadata(st, a, b), st.metadata_columns, schema)
-                writer.write_table(pa.table(arrays, schema=meta_schema))
+                writer.write_table(pa.table(_table_arrays(st, a, b, schema, names), schema=meta_schema))
     return len(ranges)
 
 
 def _export_parquet(st: FeatureStore, tmp: Path, block_rows: int | None) -> int:
-    schema = _schema(st)
+    schema, names = _schema(st)
     with pq.ParquetWriter(tmp, schema) as writer:
         for a, b, block in _blocks(st, 0, st.rows, block_rows):
-            arrays = metadata_table(st.read_ids(a, b).tolist(), _metadata(st, a, b), st.metadata_columns, schema)
+            arrays = _table_arrays(st, a, b, schema, names)
             arrays["embedding"] = vector_array(block, st.dim)
             writer.write_table(pa.table(arrays, schema=schema))
     return 1

@@ -1,10 +1,11 @@
 """`.npy` vectors: one file, or clip-retrieval's layout of numbered files with row-aligned parquet.
 
-clip-retrieval writes `img_emb/img_emb_{N}.npy` (and `text_emb/text_emb_{N}.npy`) with
-`metadata/metadata_{N}.parquet`, N = 0, 1, … (ordered by number, not by name). Vectors are read
-with positioned reads of a block of rows at a time, so neither a whole file nor its page cache
-counts against the ingest's memory; ids come from the metadata's `id` column, else `image_path`,
-else the global row number.
+Vectors must be float16, float32 or float64 (either byte order); float128, complex, object,
+structured and datetime files are refused by name. clip-retrieval writes `img_emb/img_emb_{N}.npy`
+(and `text_emb/text_emb_{N}.npy`) with `metadata/metadata_{N}.parquet`, N = 0, 1, … (ordered by
+number, not by name). Vectors are read with positioned reads of a block of rows at a time, so neither
+a whole file nor its page cache counts against the ingest's memory; ids come from the metadata's
+`id` column, else `image_path`, else the global row number.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from .errors import UserError
 from .parquet_io import (
     batch_ids,
+    check_id_type,
     column_values,
     iter_slices,
     layout_of,
@@ -49,8 +51,9 @@ class NpyFile:
             raise UserError(f"{path}: no such file") from None
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: not a readable .npy file ({exc})") from None
-        if len(shape) != 2 or dtype.kind != "f":
+        if len(shape) != 2:
             raise UserError(f"{path}: expected a 2-D float array (rows, dim), found {dtype} {shape}")
+        _check_vector_dtype(path, dtype)
         self.rows, self.dim = int(shape[0]), int(shape[1])
         self.dtype = dtype
         self.fortran = bool(fortran)
@@ -72,6 +75,23 @@ class NpyFile:
         if got != out.nbytes:
             raise UserError(f"{self.path}: truncated while reading rows {start}..{stop}")
         return out
+
+
+def _check_vector_dtype(path: Path, dtype: np.dtype[Any]) -> None:
+    """float16/32/64 in either byte order are read (big-endian rows are converted); all else is refused."""
+    if dtype.kind == "f" and dtype.itemsize in (2, 4, 8):
+        return
+    if dtype.kind == "f":
+        why = f"{dtype.itemsize * 8}-bit floats (long double), which the store cannot hold; convert to float64"
+    elif dtype.kind == "c":
+        why = "complex numbers; embeddings are real: save the real part (or split the two halves)"
+    elif dtype.hasobject:
+        why = "Python objects (a pickled object array), which are never loaded"
+    elif dtype.fields is not None or dtype.subdtype is not None:
+        why = "a structured or sub-array dtype; save the vectors as a plain (rows, dim) float array"
+    else:
+        why = f"{dtype.name} values, not floats"
+    raise UserError(f"{path}: dtype {dtype.str!r} holds {why} (supported: float16, float32, float64)")
 
 
 def _numbered(folder: Path, stem: str, suffix: str) -> list[tuple[int, Path]]:
@@ -131,6 +151,7 @@ class NpySource(Source):
                 check_row_count(mp, f.rows, pf.metadata.num_rows, f.path)
             names = self._pfs[0].schema_arrow.names
             self._id_column = pick_id_column(names, id_column, mps[0])
+            check_id_type(self._pfs[0].schema_arrow, self._id_column, mps[0])
             self._columns = schema_columns(self._pfs, mps, ["id"] if self._id_column == "id" else [])
             layout = layout_of(self._pfs[0])
         elif id_column is not None:
@@ -142,7 +163,7 @@ class NpySource(Source):
             modality=require_modality(path, modality or layout.get("modality")),
             dim=dim,
             src_dtype=self._npys[0].dtype,
-            metadata_columns={c.name: c.kind for c in self._columns},
+            metadata_columns={c.key: c.kind for c in self._columns},
             id_source=self._id_column or "row number",
             listing=vec_paths + [m for m in meta_paths if m is not None],
             layout_attrs={"dtype_hint": layout["dtype"]} if "dtype" in layout else {},
@@ -164,7 +185,7 @@ class NpySource(Source):
             hi = first + batch.num_rows
             where = (npy.path, first)
             ids = batch_ids(batch, self._id_column, base + first, where)
-            meta = {c.name: column_values(batch, c, where) for c in self._columns}
+            meta = {c.key: column_values(batch, c, where) for c in self._columns}
             yield Batch(file_index, npy.read(first, hi), ids, meta, np.arange(first, hi, dtype=np.int64), 0, hi)
 
     def id_at(self, file_index: int, item: int) -> str:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import UserError
-from .sources import Batch, Source, require_modality
+from .sources import Batch, NotJson, Source, id_string, require_modality, to_json_value
 
 KINDS_KEY = b"revision.kinds"
 LAYOUT_KEY = b"revision.layout"
@@ -74,6 +74,12 @@ class Column:
     name: str
     kind: str
     json_text: bool = False
+    store_name: str | None = None
+    """The store's name for it when an export renamed it (see `export.exported_names`)."""
+
+    @property
+    def key(self) -> str:
+        return self.store_name or self.name
 
 
 def schema_columns(files: list[ParquetMeta], paths: list[Path], skip: Sequence[str]) -> list[Column]:
@@ -91,13 +97,14 @@ def schema_columns(files: list[ParquetMeta], paths: list[Path], skip: Sequence[s
         if not same or pf.schema_arrow.names != first.names:
             raise UserError(f"{path}: its columns {pf.schema_arrow} differ from {paths[ref]}'s {first}")
     recorded = json.loads((first.metadata or {}).get(KINDS_KEY, b"{}"))
+    renamed = layout_of(files[ref]).get("renamed", {})
     cols: list[Column] = []
     for fld in first:
         if fld.name in skip:
             continue
         if fld.name in recorded:
             kind = recorded[fld.name]
-            cols.append(Column(fld.name, kind, json_text=kind == "json"))
+            cols.append(Column(fld.name, kind, json_text=kind == "json", store_name=renamed.get(fld.name)))
             continue
         kind = _arrow_kind(fld.type)
         if kind != "json" and _may_have_nulls(files, fld.name):
@@ -135,11 +142,19 @@ def _may_have_nulls(files: list[ParquetMeta], name: str) -> bool:
 
 
 def _jsonable(v: Any) -> Any:
-    if v is None or type(v) in (str, int, bool):
-        return v
-    if type(v) is float:
-        return v if np.isfinite(v) else None
-    return json.loads(json.dumps(v, default=str, allow_nan=False) if type(v) in (list, dict) else json.dumps(str(v)))
+    """A value of an Arrow column without a plain kind as the "json" kind holds it.
+
+    JSON values stay as they are (NaN and ±Inf included), bytes become `{BYTES_TAG: base64}`, and
+    types JSON lacks (timestamps, decimals, …) their text; map entries become [key, value] lists.
+    """
+    try:
+        return to_json_value(v)
+    except NotJson:
+        return json.loads(json.dumps(v, default=_as_json))
+
+
+def _as_json(v: Any) -> Any:
+    return to_json_value(v) if type(v) is bytes else str(v)
 
 
 def column_values(batch: pa.RecordBatch, col: Column, where: tuple[Path, int]) -> Any:
@@ -157,20 +172,46 @@ def column_values(batch: pa.RecordBatch, col: Column, where: tuple[Path, int]) -
     if col.kind == "bool":
         return arr.to_numpy(zero_copy_only=False).astype(bool)
     values = arr.to_pylist()
-    if col.json_text:
-        return [None if v is None else json.loads(v) for v in values]
-    return [_jsonable(v) for v in values]
+    if not col.json_text:
+        return [_jsonable(v) for v in values]
+    out = []
+    for row, v in enumerate(values):
+        try:
+            out.append(None if v is None else json.loads(v))
+        except (ValueError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            where_row = f"{where[0]}: row {where[1] + row}"
+            raise UserError(f"{where_row}: column {col.name!r} is not valid JSON ({why})") from None
+    return out
 
 
 def batch_ids(batch: pa.RecordBatch, id_column: str | None, first_row: int, where: tuple[Path, int]) -> list[str]:
-    """Ids from `id_column` (strings; integers are spelled out), or global row numbers."""
+    """Ids from `id_column` by the rule of every format (`sources.id_string`), or global row numbers."""
     if id_column is None:
         return [str(r) for r in range(first_row, first_row + batch.num_rows)]
     arr = batch.column(id_column)
     if arr.null_count:
         row = int(np.flatnonzero(~arr.is_valid().to_numpy(zero_copy_only=False))[0])
         raise UserError(f"{where[0]}: row {where[1] + row}: id column {id_column!r} is null")
-    return [v if type(v) is str else str(v) for v in arr.to_pylist()]
+    values = arr.to_pylist()
+    ids = [id_string(v) for v in values]
+    if None in ids:
+        row = ids.index(None)
+        raise UserError(
+            f"{where[0]}: row {where[1] + row}: id {values[row]!r} in column {id_column!r} is not a str or an int"
+        )
+    return ids  # type: ignore[return-value]
+
+
+def check_id_type(schema: pa.Schema, id_column: str | None, path: Path) -> None:
+    """Refuse an id column whose Arrow type can hold no str or int (floats, bytes, dates, lists, …)."""
+    if id_column is None:
+        return
+    t = schema.field(id_column).type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)):
+        raise UserError(f"{path}: id column {id_column!r} is {t}; ids must be strings or integers (--id-column)")
 
 
 def iter_slices(
@@ -278,6 +319,7 @@ class ParquetSource(Source):
         if dim is None:
             dim = self._first_length(emb, path)
         self._id_column = pick_id_column(schema.names, id_column, files[0])
+        check_id_type(schema, self._id_column, files[0])
         skip = [emb] + ([self._id_column] if self._id_column == "id" else [])
         self._columns = schema_columns(self._pfs, files, skip)
         layout = layout_of(self._pfs[0])
@@ -292,7 +334,7 @@ class ParquetSource(Source):
             modality=require_modality(path, modality or layout.get("modality")),
             dim=dim,
             src_dtype=dtype,
-            metadata_columns={c.name: c.kind for c in self._columns},
+            metadata_columns={c.key: c.kind for c in self._columns},
             id_source=self._id_column or "row number",
             listing=list(files),
             layout_attrs={"dtype_hint": layout["dtype"]} if "dtype" in layout else {},
@@ -315,7 +357,7 @@ class ParquetSource(Source):
             where = (path, first)
             valid, vectors = embedding_matrix(batch.column(self._emb), self.dim, where)
             ids = batch_ids(batch, self._id_column, int(self._offsets[file_index]) + first, where)
-            meta = {c.name: column_values(batch, c, where) for c in self._columns}
+            meta = {c.key: column_values(batch, c, where) for c in self._columns}
             items = np.arange(first, first + batch.num_rows, dtype=np.int64)
             if not valid.all():
                 keep = np.flatnonzero(valid)
