@@ -10,9 +10,10 @@ LLM2CLIP features) in every case; one AdamW step per batch on projector + LLM:
   (as the reference's trainer), batches stacked from the dict, each row repeated 576 times *before*
   the projector, 576 visual tokens.
 
-Each case runs in its own subprocess, so its peak RSS (VmHWM) is its own, at N and at 4N rows
+Each case runs alone in its own subprocess, so its peak RSS (VmHWM) is its own, at N and at 4N rows
 (flat for ours, growing for the dict). Projector work is counted with a forward hook (rows entering
-the projector per sample).
+the projector per sample). The samples/s compared are measured with the three cases in one process,
+their steps taking turns (median step time), so load from other processes hits all of them alike.
 
     python bench/bench_train.py --json-out bench/results/train.json
     python bench/bench_train.py --rows 20000 --steps 10 --json-out /tmp/bt.json
@@ -76,11 +77,10 @@ def _model(llm_dir: Path, dim: int, k: int) -> tuple[Any, Any, Any]:
     return model, (Template(tok, "plain"), opt), counted
 
 
-def run_case(case: str, work: Path, llm_dir: Path, dim: int, steps: int, batch: int) -> dict[str, Any]:
-    """One case in this process: `steps` timed training steps after 2 warm-up steps."""
+def setup_case(case: str, work: Path, llm_dir: Path, dim: int, batch: int) -> tuple[Any, dict[str, int], float]:
+    """(one training step, projector row counter, setup seconds) of one case."""
     import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     k = 1 if case == "ours-k1" else 576
     model, (template, opt), counted = _model(llm_dir, dim, k)
     t_setup = time.perf_counter()
@@ -124,6 +124,12 @@ def run_case(case: str, work: Path, llm_dir: Path, dim: int, steps: int, batch: 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step, counted, setup_s
+
+
+def run_case(case: str, work: Path, llm_dir: Path, dim: int, steps: int, batch: int) -> dict[str, Any]:
+    """One case alone in this process (for its peak RSS): warm-up, then `steps` steps."""
+    step, counted, setup_s = setup_case(case, work, llm_dir, dim, batch)
     for _ in range(2):
         step()
     counted["rows"] = 0
@@ -133,13 +139,34 @@ def run_case(case: str, work: Path, llm_dir: Path, dim: int, steps: int, batch: 
     secs = time.perf_counter() - t0
     return {
         "case": case,
-        "visual_tokens": k,
-        "samples_per_s": steps * batch / secs,
-        "step_ms": 1000 * secs / steps,
+        "visual_tokens": 1 if case == "ours-k1" else 576,
+        "alone_samples_per_s": steps * batch / secs,
         "projector_rows_per_sample": counted["rows"] / (steps * batch),
         "setup_s": setup_s,
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def interleaved(work: Path, llm_dir: Path, dim: int, steps: int, batch: int) -> dict[str, dict[str, float]]:
+    """All cases in one process, their steps taking turns, so a load spike on a shared machine hits
+    every case alike; median step time per case."""
+    cases = {c: setup_case(c, work, llm_dir, dim, batch)[0] for c in CASES}
+    for step in cases.values():
+        step()
+    times: dict[str, list[float]] = {c: [] for c in CASES}
+    for _ in range(steps):
+        for c, step in cases.items():
+            t0 = time.perf_counter()
+            step()
+            times[c].append(time.perf_counter() - t0)
+    out = {}
+    for c, ts in times.items():
+        med = float(np.median(ts))
+        out[c] = {"samples_per_s": batch / med, "step_ms": 1000 * med, "step_ms_min": 1000 * min(ts)}
+    return out
+
+
+CASES = ("ours-k1", "ours-k576", "reference-k576")
 
 
 def _subprocess(case: str, work: Path, llm_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -174,23 +201,27 @@ def main(argv: list[str] | None = None) -> int:
             work = root / f"n{rows}"
             work.mkdir()
             make_inputs(work, rows, args.dim)
-            for case in ("ours-k1", "ours-k576", "reference-k576"):
+            for case in CASES:
                 r = _subprocess(case, work, llm_dir, args)
                 r["rows"] = rows
                 results.append(r)
-                print(f"  {case} at {rows:,} rows: {r['samples_per_s']:.1f} samples/s", file=sys.stderr)
+                print(f"  {case} at {rows:,} rows alone: {r['alone_samples_per_s']:.1f} samples/s", file=sys.stderr)
+        timed = interleaved(root / f"n{args.rows}", llm_dir, args.dim, args.steps, args.batch)
     by = {(r["case"], r["rows"]): r for r in results}
     n, n4 = args.rows, 4 * args.rows
+    for case, t in timed.items():
+        by[(case, n)].update(t)
     ref = by[("reference-k576", n)]
     summary = {
-        "speedup_k1_vs_reference": by[("ours-k1", n)]["samples_per_s"] / ref["samples_per_s"],
-        "speedup_k576_vs_reference": by[("ours-k576", n)]["samples_per_s"] / ref["samples_per_s"],
+        "speedup_k1_vs_reference": timed["ours-k1"]["samples_per_s"] / timed["reference-k576"]["samples_per_s"],
+        "speedup_k576_vs_reference": timed["ours-k576"]["samples_per_s"] / timed["reference-k576"]["samples_per_s"],
         "projector_work_k576_vs_reference": by[("ours-k576", n)]["projector_rows_per_sample"]
         / ref["projector_rows_per_sample"],
         "rss_growth_4x_rows_ours_k1": by[("ours-k1", n4)]["peak_rss_mb"] / by[("ours-k1", n)]["peak_rss_mb"],
         "rss_growth_4x_rows_reference": by[("reference-k576", n4)]["peak_rss_mb"] / ref["peak_rss_mb"],
     }
-    cols = ["case", "rows", "visual_tokens", "samples_per_s", "step_ms", "projector_rows_per_sample", "peak_rss_mb"]
+    cols = ["case", "rows", "visual_tokens", "samples_per_s", "step_ms", "alone_samples_per_s"]
+    cols += ["projector_rows_per_sample", "peak_rss_mb"]
     print_table(results, cols)
     for key, value in summary.items():
         print(f"{key}: {value:.4g}")
