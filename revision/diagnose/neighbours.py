@@ -6,7 +6,13 @@ it yields the best cross-modal and intra-modal cosines from the same search. Up 
 `exact_limit` pooled rows the indexes are exact (IndexFlatIP; on unit rows inner product is
 cosine); beyond, IVF-Flat, whose recall against exact search is measured on a query subset and
 reported. FAISS's thread count is picked by timing a probe search (on a small shared machine one
-thread can beat two).
+thread can beat two) among the CPUs this process may run on, and set only for the duration of
+the search: the process's previous FAISS thread count is restored afterwards.
+
+A modality with fewer than `IVF_MIN_ROWS` sampled rows gets an exact index even in IVF mode (FAISS
+wants about 39 training rows per list; such a set is searched exactly in no time). The recall
+reference is brute force in blocks of queries × base rows, so its memory is bounded by the
+block sizes, not by the number of base rows.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +31,13 @@ import numpy as np
 EXACT_LIMIT = 200_000
 RECALL_QUERIES = 1000
 RECALL_TARGET = 0.95
+#: FAISS's k-means wants at least this many training rows per inverted list.
+ROWS_PER_LIST = 39
+#: Fewer rows than this make no IVF index (not even one list): such a modality is searched exactly.
+IVF_MIN_ROWS = ROWS_PER_LIST
+#: Query rows × base rows scored at once by the brute-force recall reference: float32 scores, their
+#: uint64 sort keys and the merge's copies, ~30 bytes each, so ~30 MB at the peak.
+EXACT_BLOCK_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -40,14 +55,35 @@ def _gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def faiss_threads(threads: int | None = None) -> Iterator[None]:
+    """Run a block with FAISS's OpenMP thread count at `threads` (None: unchanged); the previous
+    count is restored on exit, so a diagnosis never changes it for the rest of the process."""
+    previous = faiss.omp_get_max_threads()
+    try:
+        if threads is not None:
+            faiss.omp_set_num_threads(threads)
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
 def build_index(x: np.ndarray, *, exact: bool, seed: int, gpu: bool) -> tuple[Any, IndexChoice]:
-    """An inner-product index over unit rows `x` (float32, C-contiguous)."""
+    """An inner-product index over unit rows `x` (float32, C-contiguous); exact below IVF_MIN_ROWS."""
     d = x.shape[1]
-    if exact:
+    if exact or len(x) < IVF_MIN_ROWS:
         index: Any = faiss.IndexFlatIP(d)
         choice = IndexChoice("flat-ip", faiss.omp_get_max_threads(), gpu=False)
     else:
-        nlist = int(min(max(16, 4 * math.sqrt(len(x))), len(x) // 39))
+        nlist = int(min(max(16, 4 * math.sqrt(len(x))), len(x) // ROWS_PER_LIST))
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
@@ -67,18 +103,20 @@ def build_index(x: np.ndarray, *, exact: bool, seed: int, gpu: bool) -> tuple[An
 
 
 def pick_threads(index: Any, probe: np.ndarray, k: int) -> tuple[int, dict[str, float]]:
-    """The FAISS thread count with the fastest probe search; returns (threads, seconds by count)."""
-    cpus = os.cpu_count() or 1
+    """The FAISS thread count with the fastest probe search; returns (threads, seconds by count).
+
+    Candidates go up to the CPUs this process may use; FAISS's thread count is left as it was.
+    """
+    cpus = available_cpus()
     candidates = sorted({1, cpus, *(2**p for p in range(1, 8) if 2**p < cpus)})
     timings: dict[str, float] = {}
     for threads in candidates:
-        faiss.omp_set_num_threads(threads)
-        index.search(probe, k)  # warm caches so the first candidate is not penalised
-        t0 = time.perf_counter()
-        index.search(probe, k)
-        timings[str(threads)] = time.perf_counter() - t0
+        with faiss_threads(threads):
+            index.search(probe, k)  # warm caches so the first candidate is not penalised
+            t0 = time.perf_counter()
+            index.search(probe, k)
+            timings[str(threads)] = time.perf_counter() - t0
     best = int(min(timings, key=lambda t: timings[t]))
-    faiss.omp_set_num_threads(best)
     return best, timings
 
 
@@ -98,18 +136,47 @@ def _drop_self(
     return ids[keep].reshape(n, k), scores[keep].reshape(n, k)
 
 
-def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids) of the k largest inner products, by blocked brute force (the recall reference)."""
+def _order_keys(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """uint64 keys, unique per id, whose ascending order is score descending, then id ascending."""
+    bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
+    # float32 bit patterns made to sort like the floats: negatives flipped, positives' sign bit set.
+    ascending = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+    return ((~ascending).astype(np.uint64) << np.uint64(32)) | ids.astype(np.uint64)
+
+
+def _scores_of_keys(keys: np.ndarray) -> np.ndarray:
+    ascending = (~(keys >> np.uint64(32))).astype(np.uint32)
+    bits = np.where(ascending & np.uint32(0x80000000), ascending & np.uint32(0x7FFFFFFF), ~ascending)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def exact_topk(
+    queries: np.ndarray, base: np.ndarray, k: int, block: int = 256, block_elements: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the k largest inner products, by blocked brute force (the recall reference).
+
+    Queries go `block` at a time and base rows in slices of block_elements / block (default
+    EXACT_BLOCK_ELEMENTS): each slice's top k merges into a running top k, so memory is a few times
+    block_elements, whatever the number of base rows. Order: score descending, then row ascending
+    (ties are broken by row, so any blocking gives the same answer).
+    """
     k = min(k, len(base))
     ids = np.empty((len(queries), k), dtype=np.int64)
     scores = np.empty((len(queries), k), dtype=np.float32)
+    step = max(1, (block_elements or EXACT_BLOCK_ELEMENTS) // max(1, block))
+    if k == 0:
+        return scores, ids
     for s in range(0, len(queries), block):
-        sims = queries[s : s + block] @ base.T
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        part_scores = np.take_along_axis(sims, part, axis=1)
-        order = np.argsort(-part_scores, axis=1, kind="stable")
-        ids[s : s + block] = np.take_along_axis(part, order, axis=1)
-        scores[s : s + block] = np.take_along_axis(part_scores, order, axis=1)
+        q = queries[s : s + block]
+        best = np.empty((len(q), 0), dtype=np.uint64)
+        for b0 in range(0, len(base), step):
+            sims = q @ base[b0 : b0 + step].T
+            keys = np.concatenate([best, _order_keys(sims, np.arange(b0, b0 + sims.shape[1])[None, :])], axis=1)
+            kk = min(k, keys.shape[1])
+            best = np.partition(keys, kk - 1, axis=1)[:, :kk] if kk < keys.shape[1] else keys
+        best = np.sort(best, axis=1)
+        ids[s : s + block] = (best & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        scores[s : s + block] = _scores_of_keys(best)
     return scores, ids
 
 
@@ -170,7 +237,15 @@ def knn_metrics(
     (length k + 1) of how many of each text row's k neighbours are images. With an approximate
     index, nprobe doubles until the recall against brute force on a query subset reaches
     `RECALL_TARGET` (or every list is probed); that recall is reported.
+    threads: FAISS threads (None: the fastest of a probe); FAISS's own setting is restored on return.
     """
+    with faiss_threads():
+        return _knn_metrics(text, image, k=k, seed=seed, exact_limit=exact_limit, gpu=gpu, threads=threads)
+
+
+def _knn_metrics(
+    text: np.ndarray, image: np.ndarray, *, k: int, seed: int, exact_limit: int, gpu: bool, threads: int | None
+) -> dict[str, Any]:
     n_t, n_i = len(text), len(image)
     if n_t < 2 or n_i < 1:
         raise ValueError(f"k-NN needs at least 2 text rows and 1 image row, got {n_t} and {n_i}")
@@ -180,6 +255,8 @@ def knn_metrics(
     exact = n_t + n_i <= exact_limit
     t_index, choice = build_index(text, exact=exact, seed=seed, gpu=gpu)
     i_index, i_choice = build_index(image, exact=exact, seed=seed + 1, gpu=gpu)
+    # A small modality gets an exact index even in IVF mode; with none approximate, nothing to measure.
+    exact = exact or (choice.nlist == 0 and i_choice.nlist == 0)
     timings: dict[str, float] = {}
     if threads is None:
         if choice.gpu:
@@ -195,15 +272,18 @@ def knn_metrics(
         q = np.sort(rng.choice(n_t, size=min(RECALL_QUERIES, n_t), replace=False))
         truth = _exact_pooled(text, image, q, k)
         nlist = max(choice.nlist, i_choice.nlist)
-        nprobe = choice.nprobe or 1
+        nprobe = choice.nprobe or i_choice.nprobe or 1
         while True:
-            _set_nprobe(t_index, nprobe)
-            _set_nprobe(i_index, nprobe)
+            for index, c in ((t_index, choice), (i_index, i_choice)):
+                if c.nlist:
+                    _set_nprobe(index, min(nprobe, c.nlist))
             recall = _recall(_pooled_search(t_index, i_index, text[q], q, k, n_t, n_i)["pooled"], truth, k)
             if recall >= RECALL_TARGET or nprobe >= nlist:
                 break
             nprobe = min(2 * nprobe, nlist)
         choice.nprobe = nprobe
+        if choice.kind != i_choice.kind:
+            choice.kind = f"{choice.kind} (text) / {i_choice.kind} (image)"
 
     res = _pooled_search(t_index, i_index, text, np.arange(n_t), k, n_t, n_i)
     image_hits = (res["pooled"] >= n_t).sum(axis=1)

@@ -116,27 +116,30 @@ def _pair_batches(path: Path) -> Iterator[tuple[list[str], list[str]]]:
     import pyarrow as pa
 
     suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv", ".tsv"):
+        raise UserError(f"--pairs-file {path}: expected .csv, .tsv or .parquet")
     try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
+        # Our own handle, closed when the batches are read: pyarrow's readers close theirs only when
+        # collected (the CSV reader after its read-ahead threads let go), which left the file open.
+        with open(path, "rb") as fh:
+            if suffix == ".parquet":
+                import pyarrow.parquet as pq
 
-            reader: object = pq.ParquetFile(path).iter_batches(columns=["text_id", "image_id"])
-        elif suffix in (".csv", ".tsv"):
-            import pyarrow.csv as pcsv
+                reader: object = pq.ParquetFile(fh).iter_batches(columns=["text_id", "image_id"])
+            else:
+                import pyarrow.csv as pcsv
 
-            reader = pcsv.open_csv(
-                path,
-                parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
-                convert_options=pcsv.ConvertOptions(
-                    include_columns=["text_id", "image_id"],
-                    column_types={"text_id": pa.string(), "image_id": pa.string()},
-                ),
-            )
-        else:
-            raise UserError(f"--pairs-file {path}: expected .csv, .tsv or .parquet")
-        for batch in reader:  # type: ignore[attr-defined]
-            cols = batch.to_pydict()
-            yield [str(v) for v in cols["text_id"]], [str(v) for v in cols["image_id"]]
+                reader = pcsv.open_csv(
+                    fh,
+                    parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
+                    convert_options=pcsv.ConvertOptions(
+                        include_columns=["text_id", "image_id"],
+                        column_types={"text_id": pa.string(), "image_id": pa.string()},
+                    ),
+                )
+            for batch in reader:  # type: ignore[attr-defined]
+                cols = batch.to_pydict()
+                yield [str(v) for v in cols["text_id"]], [str(v) for v in cols["image_id"]]
     except UserError:
         raise
     except (pa.ArrowInvalid, KeyError, OSError) as exc:

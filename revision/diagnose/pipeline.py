@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,16 +108,55 @@ def run_diagnosis(
     full_spectrum: bool = False,
     log: Any = None,
 ) -> Diagnosis:
-    """Compute every metric; see `diagnose` for the arguments."""
+    """Compute every metric; see `diagnose` for the arguments. Stores opened from paths here are
+    closed before it returns or raises."""
+    with ExitStack() as owned:
+        return _run_diagnosis(
+            text, image, aligned=aligned, sample=sample, k=k, seed=seed, pairs=pairs, pairs_file=pairs_file,
+            exact_limit=exact_limit, gpu=gpu, threads=threads, full_spectrum=full_spectrum, log=log, owned=owned,
+        )  # fmt: skip
+
+
+def _opened(spec: Any, flag: str, owned: ExitStack) -> VectorSource:
+    """open_source, with a store it opens from a path closed when `owned` unwinds (a caller's open
+    store or array stays the caller's)."""
+    src = open_source(spec, flag=flag)
+    if isinstance(spec, str | Path):
+        owned.callback(getattr(src, "close", lambda: None))
+    return src
+
+
+def _knn_cap(sizes: Mapping[str, int], text_flags: Sequence[str]) -> int:
+    """The most neighbours a sampled text row has: the other sampled text rows and the image rows."""
+    return min(sizes[flag] - 1 for flag in text_flags) + sizes["--image"]
+
+
+def _run_diagnosis(
+    text: Any,
+    image: Any,
+    *,
+    aligned: Mapping[str, Any] | Sequence[Any] | None,
+    sample: int | None,
+    k: int,
+    seed: int,
+    pairs: bool,
+    pairs_file: str | Path | None,
+    exact_limit: int,
+    gpu: bool,
+    threads: int | None,
+    full_spectrum: bool,
+    log: Any,
+    owned: ExitStack,
+) -> Diagnosis:
     if k < 1:
         raise UserError(f"--k {k}: must be at least 1")
     if pairs and pairs_file is not None:
         raise UserError("--pairs and --pairs-file are exclusive")
     say = log or (lambda msg: None)
-    entries = [("raw", "raw", "--text", open_source(text, flag="--text"))]
+    entries = [("raw", "raw", "--text", _opened(text, "--text", owned))]
     for key, label, spec in _entry_names(aligned):
-        entries.append((key, label, f"--aligned {label}", open_source(spec, flag=f"--aligned {label}")))
-    img = open_source(image, flag="--image")
+        entries.append((key, label, f"--aligned {label}", _opened(spec, f"--aligned {label}", owned)))
+    img = _opened(image, "--image", owned)
     for _, _, flag, src in entries:
         _check_modality(flag, src, "text", "the text store" if flag == "--text" else "an aligned text store")
     _check_modality("--image", img, "image")
@@ -124,6 +164,12 @@ def run_diagnosis(
         if src.dim != img.dim:
             raise UserError(f"{flag} has dim {src.dim} but --image has dim {img.dim}: stores of different dim")
     sizes = _sample_size(sample, {"--image": img, **{flag: src for _, _, flag, src in entries}})
+    cap = _knn_cap(sizes, [flag for _, _, flag, _ in entries])
+    if k > cap:
+        raise UserError(
+            f"--k {k}: a sampled text row has only {cap} neighbours (the other sampled text rows and "
+            f"{sizes['--image']:,} image rows); pass --k {cap} or less, or a larger --sample"
+        )
 
     pairsets: list[PairSet | None] = []
     t0 = time.perf_counter()
