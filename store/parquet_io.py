@@ -210,7 +210,8 @@ def check_id_type(schema: pa.Schema, id_column: str | None, path: Path) -> None:
     t = schema.field(id_column).type
     if pa.types.is_dictionary(t):
         t = t.value_type
-    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)):
+    # A null type is what an empty file holds: it has no ids to judge.
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_null(t)):
         raise UserError(f"{path}: id column {id_column!r} is {t}; ids must be strings or integers (--id-column)")
 
 
