@@ -30,7 +30,8 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import UserError
-from .pickle_safe import ALLOWED_GLOBALS, RefusedGlobal, RestrictedUnpickler, load_pickle_restricted
+from .pickle_load import load_pickle_restricted
+from .pickle_safe import ALLOWED_GLOBALS, RefusedGlobal, RestrictedUnpickler
 from .sources import (
     Batch,
     NotJson,
