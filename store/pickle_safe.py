@@ -17,8 +17,12 @@ are shut out, each by its own means:
   in exponential time. Neither can be seen before loading nor interrupted during it, so each file is
   first loaded by a forked child under a time limit; the process loads the file itself only once the
   child has finished cleanly. The child and the process read the same open file, and its size,
-  inode and change time are compared before and after, so the bytes cannot change in between. The
-  price is a second unpickling of each file (about 2 s per GB of pickle on the reference machine).
+  inode and change time are compared before and after, so the bytes cannot change in between
+  (`pickle_load`).
+
+The price: each file is unpickled twice, and each array passes through two small Python calls. A
+200k-row × 768 fp16 file (323 MB) took 6.3 s against 0.7 s for the stock unpickler (measured while
+the 2-core machine was shared, load 7); in-process alone, 4.7 µs against 2.1 µs a record.
 """
 
 from __future__ import annotations
