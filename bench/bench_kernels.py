@@ -1,4 +1,4 @@
-"""Benchmark of the per-chunk kernels: GB/s against the copy bandwidth measured in the same run.
+"""Benchmark of the per-chunk kernels: throughput against a copy of the same bytes, timed in the same run.
 
 On CUDA: each Triton kernel, torch eager and torch.compile versions of the same math, and a
 device-to-device copy of the same bytes; reported as GB/s and as a fraction of the copy
@@ -7,9 +7,15 @@ runs: the C kernels of row_stats / realign_centroid / realign_apply when built, 
 otherwise), the fused torch path beside the C kernels, the straightforward torch version of the same
 math, and a memcpy.
 
-Bytes counted per op: rows read (and, for ops that write rows, rows written) once.
+Throughput is "GB/s in+out" for every op and for the copy alike: the bytes of the rows read plus the
+bytes written (output rows; for the statistics ops, the float64 vectors each call returns), divided by
+the median time. `ns_per_value` is the median time per input value (rows × D), whatever the op writes.
+Ratios (× torch, × eager, × compile) are ratios of time per row, so a baseline timed on the first
+`--baseline-rows` rows only (the eager versions take ~20-50 s per sweep of 1M × 1280 on 2 cores)
+compares like with like.
 
     python bench/bench_kernels.py                          # small CPU run
+    python bench/bench_kernels.py --rows 1048576 --chunk-rows 65536 --baseline-rows 262144   # README's CPU table
     python bench/bench_kernels.py --rows 8388608 --dim 1280 --chunk-rows 1048576   # the GPU size
 """
 
@@ -78,21 +84,21 @@ def _sync(device: torch.device) -> None:
 
 SWEEP_ENV = ("REVISION_TRITON_ELEMS", "REVISION_TRITON_WARPS", "REVISION_TRITON_PROGRAMS_PER_SM")
 SWEEP = [(2048, 4, 8), (4096, 4, 8), (4096, 8, 16), (8192, 8, 8), (16384, 16, 8)]
+OPS = ("row_stats", "realign_centroid", "realign_apply", "normalize_rows", "c3")
+# Ops with a C kernel: on a CPU with the extension built, their production ("fused") path is C.
+NATIVE_OPS = ("row_stats", "realign_centroid", "realign_apply")
 
 
 def _sweep(
     ops: dict[str, dict[str, Any]],
     chunks: list[tuple[int, torch.Tensor]],
-    fraction: float,
     device: torch.device,
     repeats: int,
 ) -> list[dict[str, Any]]:
-    """GB/s of each fused kernel under other register-tile / warp / grid settings (see triton_rows).
-
-    Runs on the given chunks only: `fraction` of the rows that `ops[...]["bytes"]` counts.
-    """
+    """GB/s in+out of each fused kernel under other register-tile / warp / grid settings (see triton_rows)."""
     saved = {k: os.environ.get(k) for k in SWEEP_ENV}
     found: list[dict[str, Any]] = []
+    n_rows = sum(c.shape[0] for _, c in chunks)
     try:
         for setting in SWEEP:
             os.environ.update({k: str(v) for k, v in zip(SWEEP_ENV, setting, strict=True)})
@@ -106,7 +112,7 @@ def _sweep(
                     _sync(device)
 
                 timing = time_it(run, repeats=min(3, repeats))
-                entry[f"{name}_gb_per_s"] = op["bytes"] * fraction / timing.median / 1e9
+                entry[f"{name}_gb_per_s_in_out"] = op["bytes"](n_rows, len(chunks)) / timing.median / 1e9
             found.append(entry)
             print("sweep", entry)
     finally:
@@ -118,16 +124,46 @@ def _sweep(
     return found
 
 
+def _leading(chunks: list[tuple[int, torch.Tensor]], rows: int) -> list[tuple[int, torch.Tensor]]:
+    """The first chunks that hold at least `rows` rows (all of them when `rows` is the total or more)."""
+    taken: list[tuple[int, torch.Tensor]] = []
+    for a, c in chunks:
+        if sum(t.shape[0] for _, t in taken) >= rows:
+            break
+        taken.append((a, c))
+    return taken
+
+
+def _load_note(before: tuple[float, ...], after: tuple[float, ...], cpus: int) -> str:
+    # The 1-minute load average before the run counts other processes only; a busy machine makes
+    # absolute times slow and noisy, while ratios against the same run's baselines hold up better.
+    if before[0] >= 0.5:
+        return (
+            f"machine shared during the run: load average {before[0]:.1f} before it and {after[0]:.1f} after it "
+            f"on {cpus} CPUs; absolute times are pessimistic and noisy, ratios to the same run's baselines are "
+            "the figures to quote"
+        )
+    return f"machine idle before the run (load average {before[0]:.1f} on {cpus} CPUs)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=None, help="rows in total (default: 8388608 on CUDA, 65536 on CPU)")
     parser.add_argument("--dim", type=int, default=1280, help="row width D (default 1280)")
     parser.add_argument("--chunk-rows", type=int, default=None, help="rows per call (default: 1048576 CUDA, 16384 CPU)")
+    parser.add_argument(
+        "--baseline-rows",
+        type=int,
+        default=None,
+        help="time the eager and torch.compile baselines on the first chunks holding this many rows (default: all)",
+    )
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="input dtype")
     parser.add_argument(
         "--out-dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="pass-3 output"
     )
+    parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated ops to time (default: {','.join(OPS)})")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per op (default 5)")
+    parser.add_argument("--threads", type=int, default=None, help="torch (and C kernel) threads (default: torch's)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile versions")
     parser.add_argument(
@@ -135,6 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", default=None, help="JSON path (default bench/results/bench_kernels.json)")
     args = parser.parse_args(argv)
+    wanted = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = sorted(set(wanted) - set(OPS))
+    if unknown or not wanted:
+        parser.error(f"--ops: unknown op(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(OPS)}")
+    for flag, value in (
+        ("--rows", args.rows),
+        ("--chunk-rows", args.chunk_rows),
+        ("--baseline-rows", args.baseline_rows),
+    ):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be ≥ 1, got {value}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be ≥ 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -154,40 +206,45 @@ def main(argv: list[str] | None = None) -> int:
     mu_t32, mu_i32, mu_hat32 = mu_t.float(), mu_i.float(), mu_hat.float()
     s = 1.21
     chunks = [(a, x[a : a + chunk]) for a in range(0, rows, chunk)]
+    baseline_chunks = _leading(chunks, args.baseline_rows or rows)
     # Output buffers of one chunk, reused as a pass over a store reuses them (far larger than L2).
     out = torch.empty(chunk, d, device=device, dtype=out_dtype)
     out32 = torch.empty(chunk, d, device=device, dtype=torch.float32)
-    in_bytes = x.numel() * x.element_size()
-    out_bytes = rows * d * out.element_size()
+    in_row = d * x.element_size()
 
-    def over_chunks(fn: Callable[[int, torch.Tensor], Any]) -> Callable[[], None]:
+    def bytes_in_out(out_row: int, out_call: int) -> Callable[[int, int], int]:
+        """Bytes read + written by `calls` calls over `n` rows: `out_row` a row and `out_call` a call out."""
+        return lambda n, calls: n * (in_row + out_row) + calls * out_call
+
+    def over(pieces: list[tuple[int, torch.Tensor]], fn: Callable[[int, torch.Tensor], Any]) -> Callable[[], None]:
         def run() -> None:
-            for a, c in chunks:
+            for a, c in pieces:
                 fn(a, c)
             _sync(device)
 
         return run
 
-    # Baseline of the run: a copy of the same bytes (device-to-device on CUDA, memcpy on CPU).
+    # Baseline of the run: a copy of the same bytes (device-to-device on CUDA, memcpy on CPU), in+out.
     copy_dst = torch.empty(chunk, d, device=device, dtype=dtype)
-    copy_t = time_it(over_chunks(lambda a, c: copy_dst[: c.shape[0]].copy_(c)), repeats=args.repeats)
-    copy_gbs = 2 * in_bytes / copy_t.median / 1e9
+    copy_t = time_it(over(chunks, lambda a, c: copy_dst[: c.shape[0]].copy_(c)), repeats=args.repeats)
+    copy_gbs = 2 * rows * in_row / copy_t.median / 1e9
 
-    ops: dict[str, dict[str, Any]] = {
+    stats_vec = d * 8  # one float64 vector of D
+    all_ops: dict[str, dict[str, Any]] = {
         "row_stats": {
-            "bytes": in_bytes,
+            "bytes": bytes_in_out(0, 2 * stats_vec),  # mean and M2 per call
             "fused": lambda a, c: row_stats(c),
             "torch": lambda a, c: row_stats_torch(c),
             "eager": lambda a, c: eager_row_stats(c),
         },
         "realign_centroid": {
-            "bytes": in_bytes,
+            "bytes": bytes_in_out(0, stats_vec),  # the sum of the projected rows per call
             "fused": lambda a, c: realign_centroid(c, mu_t, mu_i, s),
             "torch": lambda a, c: realign_centroid_torch(c, mu_t, mu_i, s),
             "eager": lambda a, c: eager_centroid(c, mu_t32, mu_i32, s),
         },
         "realign_apply": {
-            "bytes": in_bytes + out_bytes,
+            "bytes": bytes_in_out(d * out.element_size(), 0),
             "fused": lambda a, c: realign_apply(c, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype, out=out[: c.shape[0]]),
             "torch": lambda a, c: realign_apply_torch(
                 c, mu_t, mu_i, s, mu_hat, out_dtype=out_dtype, out=out[: c.shape[0]]
@@ -195,16 +252,17 @@ def main(argv: list[str] | None = None) -> int:
             "eager": lambda a, c: eager_apply(c, mu_t32, mu_i32, s, mu_hat32, out_dtype),
         },
         "normalize_rows": {
-            "bytes": in_bytes + rows * d * 4,
+            "bytes": bytes_in_out(d * 4, 0),
             "fused": lambda a, c: normalize_rows(c, out=out32[: c.shape[0]]),
             "eager": lambda a, c: eager_normalize(c),
         },
         "c3": {
-            "bytes": in_bytes + out_bytes,
+            "bytes": bytes_in_out(d * out.element_size(), 0),
             "fused": lambda a, c: c3(c, mu_t, seed=1, row_offset=a, out_dtype=out_dtype, out=out[: c.shape[0]]),
             "eager": None,
         },
     }
+    ops = {name: all_ops[name] for name in OPS if name in wanted}
     compiled: dict[str, Callable[..., Any]] = {}
     compile_seconds: dict[str, float] = {}
     if not args.no_compile:
@@ -215,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             "realign_apply": (eager_apply, lambda f: lambda a, c: f(c, mu_t32, mu_i32, s, mu_hat32, out_dtype)),
         }
         for name, (fn, bind) in targets.items():
+            if name not in ops:
+                continue
             t0 = time.perf_counter()
             try:
                 cfn = torch.compile(fn, dynamic=False)
@@ -228,28 +288,36 @@ def main(argv: list[str] | None = None) -> int:
             compile_seconds[name] = time.perf_counter() - t0
             compiled[name] = call
 
+    backend = select_backend(x)
     table: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
     for name, op in ops.items():
-        entry: dict[str, Any] = {"bytes": op["bytes"]}
+        entry: dict[str, Any] = {
+            "in_bytes": rows * in_row,
+            "bytes_in_out": op["bytes"](rows, len(chunks)),
+            "fused_path": backend if backend != "native" or name in NATIVE_OPS else "torch",
+        }
         # The fused torch path is timed beside the production path only when that is the C kernel.
-        torch_path = op.get("torch") if select_backend(x) == "native" and not cuda else None
+        torch_path = op.get("torch") if entry["fused_path"] == "native" else None
         variants = [
-            ("fused", op["fused"]),
-            ("torch", torch_path),
-            ("eager", op["eager"]),
-            ("compile", compiled.get(name)),
+            ("fused", op["fused"], chunks),
+            ("torch", torch_path, chunks),
+            ("eager", op["eager"], baseline_chunks),
+            ("compile", compiled.get(name), baseline_chunks),
         ]
-        for variant, fn in variants:
+        for variant, fn, pieces in variants:
             if fn is None:
                 continue
-            timing = time_it(over_chunks(fn), repeats=args.repeats)
-            gbs = op["bytes"] / timing.median / 1e9
+            n = sum(c.shape[0] for _, c in pieces)
+            timing = time_it(over(pieces, fn), repeats=args.repeats)
+            gbs = op["bytes"](n, len(pieces)) / timing.median / 1e9
             entry[variant] = {
+                "rows": n,
                 "seconds": timing.median,
                 "spread": timing.spread,
-                "gb_per_s": gbs,
-                "rows_per_s": rows / timing.median,
+                "gb_per_s_in_out": gbs,
+                "ns_per_value": timing.median / (n * d) * 1e9,
+                "rows_per_s": n / timing.median,
                 "fraction_of_copy_bandwidth": gbs / copy_gbs,
             }
             if variant == "compile":
@@ -258,45 +326,63 @@ def main(argv: list[str] | None = None) -> int:
         entry["fraction_of_copy_bandwidth"] = fused["fraction_of_copy_bandwidth"]
         for variant in ("torch", "eager", "compile"):
             if variant in entry:
-                entry[f"speedup_vs_{variant}"] = entry[variant]["seconds"] / fused["seconds"]
+                entry[f"speedup_vs_{variant}"] = entry[variant]["ns_per_value"] / fused["ns_per_value"]
         results[name] = entry
-        row = {"op": name, "fused GB/s": fused["gb_per_s"], "of copy": fused["fraction_of_copy_bandwidth"]}
+        row = {
+            "op": name,
+            "path": entry["fused_path"],
+            "GB/s in+out": fused["gb_per_s_in_out"],
+            "ns/value": fused["ns_per_value"],
+            "of copy": fused["fraction_of_copy_bandwidth"],
+        }
         for variant in ("torch", "eager", "compile"):
             if variant in entry:
-                row[f"{variant} GB/s"] = entry[variant]["gb_per_s"]
+                row[f"{variant} GB/s"] = entry[variant]["gb_per_s_in_out"]
                 row[f"× {variant}"] = entry[f"speedup_vs_{variant}"]
         table.append(row)
 
     sweep: list[dict[str, Any]] = []
     # (Also under REVISION_KERNELS=triton on CPU, so the interpreter can check this code at tiny sizes.)
     if args.sweep and (cuda or os.environ.get("REVISION_KERNELS") == "triton"):
-        subset = chunks[: max(1, 2_097_152 // chunk)]
-        sweep = _sweep(ops, subset, sum(c.shape[0] for _, c in subset) / rows, device, args.repeats)
+        sweep = _sweep(ops, chunks[: max(1, 2_097_152 // chunk)], device, args.repeats)
 
+    load_after = os.getloadavg()
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    print(f"device {device_name}; {rows:,} × {d} {args.dtype} in chunks of {chunk:,}; copy {copy_gbs:,.1f} GB/s")
-    columns = ["op", "fused GB/s", "of copy", "torch GB/s", "× torch", "eager GB/s", "× eager", "compile GB/s"]
-    print_table(table, [*columns, "× compile"])
+    baseline_rows = sum(c.shape[0] for _, c in baseline_chunks)
+    print(
+        f"device {device_name}; {rows:,} × {d} {args.dtype} in chunks of {chunk:,}, "
+        f"{torch.get_num_threads()} threads; "
+        f"baselines on {baseline_rows:,} rows; copy {copy_gbs:,.1f} GB/s in+out; all GB/s are in+out"
+    )
+    columns = ["op", "path", "GB/s in+out", "ns/value", "of copy", "torch GB/s", "× torch", "eager GB/s", "× eager"]
+    print_table(table, [*columns, "compile GB/s", "× compile"])
+    note = _load_note(load_before, load_after, os.cpu_count() or 1)
+    print(note)
     path = write_results(
         "bench_kernels",
         {
             "device": device_name,
-            "backend": select_backend(x),
+            "backend": backend,
             "rows": rows,
+            "baseline_rows": baseline_rows,
             "dim": d,
             "chunk_rows": chunk,
             "dtype": args.dtype,
             "out_dtype": args.out_dtype,
+            "throughput": "GB/s in+out: bytes of the rows read plus bytes written, over the median time",
             "copy_gb_per_s": copy_gbs,
             "torch_threads": torch.get_num_threads(),
             "peak_rss_mb": peak_rss_mb(),
+            "load_average_before": list(load_before),
+            "load_average_after": list(load_after),
+            "note": note,
             "kernels": results,
             "sweep": sweep,
         },
         args.output,
     )
     print(f"wrote {path}")
-    return 0 if all(math.isfinite(r["fused"]["gb_per_s"]) for r in results.values()) else 1
+    return 0 if all(math.isfinite(r["fused"]["gb_per_s_in_out"]) for r in results.values()) else 1
 
 
 if __name__ == "__main__":

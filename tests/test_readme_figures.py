@@ -1,0 +1,275 @@
+"""Every measured figure in the READMEs is a field of a committed bench/results JSON (issue 11 defect 13).
+
+Each entry below is a passage of a README with its figures replaced by `{json.field.path}`
+placeholders (`|k` multiplies by k; a path segment `key=value` picks the list element whose `key`
+is `value`). The passage must appear in the document, and each figure must equal its field at the
+precision shown (trailing zeros of a whole number are not significant: "9,500" is 9,503 rounded).
+A heading that names a JSON and a command must name the command that JSON records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+README = "README.md"
+ALIGN = "revision/align/README.md"
+
+# (document, JSON under bench/results, passage with placeholders)
+FIGURES: list[tuple[str, str, str]] = [
+    # The store format
+    (
+        README,
+        "store.json",
+        "rows zstd buys {codecs.codec=zstd.compression_ratio}×, blosc-lz4 (shuffle, 256 KiB blocks) "
+        "{codecs.codec=blosc-lz4.compression_ratio}×, while a scan decoding them runs at "
+        "{codecs.codec=zstd.scan_mb_per_s|1e-3} and {codecs.codec=blosc-lz4.scan_mb_per_s|1e-3} GB/s against "
+        "{codecs.codec=none.scan_mb_per_s|1e-3} GB/s without a codec",
+    ),
+    # Benchmarks: store
+    (
+        README,
+        "store.json",
+        "| sequential scan of the store (read-ahead, page cache warm) | {sizes.1000000.scan.rows_per_s|1e-6} M "
+        "| {sizes.1000000.scan.mb_per_s} | {sizes.1000000.scan.peak_rss_mb} MB |",
+    ),
+    (
+        README,
+        "store.json",
+        "| `np.load` of the same bytes (baseline) | {sizes.1000000.np_load.rows_per_s|1e-6} M "
+        "| {sizes.1000000.np_load.mb_per_s} | {sizes.1000000.np_load.peak_rss_mb} MB |",
+    ),
+    (
+        README,
+        "store.json",
+        "| ingest from `.npy` | {sizes.1000000.ingest_npy.rows_per_s|1e-3} k | {sizes.1000000.ingest_npy.mb_per_s} "
+        "| {sizes.1000000.ingest_npy.peak_rss_mb} MB ({sizes.250000.ingest_npy.peak_rss_mb} MB at 250k rows) |",
+    ),
+    (
+        README,
+        "store.json",
+        "| ingest from reference pickles (200k rows a file) | {sizes.1000000.ingest_pkl.rows_per_s|1e-3} k "
+        "| {sizes.1000000.ingest_pkl.mb_per_s} | {sizes.1000000.ingest_pkl.peak_rss_mb} MB "
+        "({sizes.250000.ingest_pkl.peak_rss_mb} MB at 250k rows) |",
+    ),
+    (
+        README,
+        "store.json",
+        "| unpickling the reference layout alone (baseline) | {sizes.1000000.unpickle.rows_per_s|1e-3} k "
+        "| {sizes.1000000.unpickle.mb_per_s} | {sizes.1000000.unpickle.peak_rss_mb} MB |",
+    ),
+    (
+        README,
+        "store.json",
+        "The scan runs at **{scan_vs_np_load}× `np.load`** on the same bytes; ingest and scan memory stay flat "
+        "from 250k to 1M rows (×{rss_growth.ingest_npy}, ×{rss_growth.scan}) while `np.load` grows with N "
+        "(×{rss_growth.np_load}).",
+    ),
+    (
+        README,
+        "store.json",
+        "Codecs on corpus-like rows: none {codecs.codec=none.scan_mb_per_s|1e-3} GB/s scan, blosc-lz4 "
+        "{codecs.codec=blosc-lz4.scan_mb_per_s|1e-3} GB/s at {codecs.codec=blosc-lz4.compression_ratio}× "
+        "compression, zstd {codecs.codec=zstd.scan_mb_per_s|1e-3} GB/s at {codecs.codec=zstd.compression_ratio}×",
+    ),
+    # Benchmarks: alignment
+    (
+        README,
+        "align-pkl.json",
+        "| {table.step=align-pkl.seconds} s, {table.step=align-pkl.peak RSS MB|1e-3} GB peak RSS "
+        "| reference script re-implementation: {table.step=reference (baseline).seconds} s, "
+        "{table.step=reference (baseline).peak RSS MB|1e-3} GB | **{ratios.align_pkl_speedup}× faster, "
+        "{ratios.align_pkl_rss_fraction}× the RSS** |",
+    ),
+    (
+        README,
+        "align-pkl.json",
+        "| store-native `revision align`, same data | {table.step=align (store-native).seconds} s, "
+        "{table.step=align (store-native).peak RSS MB|1e-3} GB | same | **{ratios.align_store_speedup}× faster** |",
+    ),
+    (
+        README,
+        "align.json",
+        "the median of 3 interleaved repeats | {per_repeat.2.align_synced} s (pass 1: "
+        "{align_runs.2.passes.0.seconds} s text + {align_runs.2.passes.1.seconds} s image, pass 2: "
+        "{align_runs.2.passes.2.seconds} s, pass 3: {align_runs.2.passes.3.seconds} s) | I/O floor, same repeat: "
+        "{per_repeat.2.floor_synced} s | **{ratios.align_over_floor_median_repeat}× the floor** (median; the "
+        "repeats: {ratios.align_over_floor_each_repeat.0}, {ratios.align_over_floor_each_repeat.1}, "
+        "{ratios.align_over_floor_each_repeat.2}) |",
+    ),
+    (
+        README,
+        "align.json",
+        "| the same, best against best | fastest `align`: {table.step=align: total, output on disk.seconds} s "
+        "| fastest floor: {table.step=floor: 2 text + 1 image + pass 3's I/O on disk.seconds} s "
+        "| **{ratios.align_over_floor}× the floor** |",
+    ),
+    (
+        README,
+        "align.json",
+        "| peak RSS of `align`, 250k → 1M rows | {table.step=align in a subprocess (250,000 rows).peak RSS MB} → "
+        "{table.step=align in a subprocess (1,000,000 rows).peak RSS MB} MB | | ×{ratios.rss_large_over_small} |",
+    ),
+    (
+        README,
+        "align.json",
+        "| naive in-memory float64 reference algorithm | | {table.step=baseline f64 in memory (250,000 rows).seconds} "
+        "s for 250k rows | ours {ratios.baseline_over_align_per_row}× faster per row",
+    ),
+    (
+        README,
+        "align.json",
+        "pass 3's I/O alone (5.1 GB of float32 written and synced) took {per_repeat.0.write_floor_synced}, "
+        "{per_repeat.1.write_floor_synced} and {per_repeat.2.write_floor_synced} s in the three repeats, so the "
+        "ratio of single repeats ranges from {ratios.align_over_floor_each_repeat.0} to "
+        "{ratios.align_over_floor_each_repeat.1};",
+    ),
+    (
+        README,
+        "align.json",
+        "passes 1–2 read fp16 input at {table.step=align: pass 1 text.GB/s} GB/s (pass 1, text), "
+        "{table.step=align: pass 1 image.GB/s} GB/s (pass 1, image) and {table.step=align: pass 2 centroid.GB/s} "
+        "GB/s (pass 2) on 2 cores",
+    ),
+    # Benchmarks: loader
+    (
+        README,
+        "bench_loader.json",
+        "| memmap view + sorted hash index (positioned reads) | **{samples_per_s|1e-3},000** | **{peak_rss_mb} MB** "
+        "| {open_s|1e3} ms |",
+    ),
+    (
+        README,
+        "bench_loader.json",
+        "| memmap view, memory-mapped gather | {mmap_samples_per_s|1e-3},000 | {mmap_peak_rss_mb} MB |",
+    ),
+    (
+        README,
+        "bench_loader.json",
+        "| the reference's dict of all pickles | {baseline_samples_per_s|1e-3},000 | {baseline_peak_rss_mb} MB "
+        "| {baseline_load_s} s |",
+    ),
+    (
+        README,
+        "bench_loader.json",
+        "RSS **{rss_ratio}×** the reference's, start-up independent of N. Through the full training path "
+        "(annotations joined by id, {loader_workers} DataLoader workers) {loader_samples_per_s|1e-3}k samples/s.",
+    ),
+    # Benchmarks: diagnose
+    (
+        README,
+        "diagnose.json",
+        "`revision diagnose` takes {diagnose.wall_s} s at {diagnose.rss_mb} MB peak RSS (streamed statistics over "
+        "all 2M rows {diagnose.seconds.stream_all_stores} s; FAISS k-NN on the 10k pooled sample "
+        "{knn.faiss_s} s, {table.stage=k-NN: numpy brute force.ratio}× a numpy brute force; separability "
+        "{diagnose.seconds.separability} s), against an in-memory numpy computation of the same figures at "
+        "{baseline.wall_s} s and {baseline.rss_mb|1e-3} GB. The centroid gap ({baseline.centroid_gap}) and RMG "
+        "({baseline.rmg}) equal the independent computation.",
+    ),
+    # Benchmarks: embed
+    (
+        README,
+        "embed.json",
+        "runs {results.modality=image.pipeline_items_s} images/s and {results.modality=text.pipeline_items_s} "
+        "texts/s, {results.modality=image.speedup}× and {results.modality=text.speedup}× a one-item-at-a-time loop.",
+    ),
+]
+
+NUMBER = r"([0-9][0-9,]*(?:\.[0-9]+)?)"
+PLACEHOLDER = re.compile(r"\{([^{}|]+)(?:\|([0-9.e+-]+))?\}")
+
+
+def _text(doc: str) -> str:
+    return " ".join((ROOT / doc).read_text().split())
+
+
+def _load(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / name).read_text())
+
+
+def field(doc: Any, path: str) -> Any:
+    for part in path.split("."):
+        if "=" in part and isinstance(doc, list):
+            key, value = part.split("=", 1)
+            found = [item for item in doc if str(item.get(key)) == value]
+            assert len(found) == 1, f"{path}: {len(found)} list items with {key} = {value!r}"
+            doc = found[0]
+        elif isinstance(doc, list):
+            doc = doc[int(part)]
+        else:
+            assert part in doc, f"{path}: no field {part!r} (have {sorted(doc)[:12]})"
+            doc = doc[part]
+    return doc
+
+
+def shown_precision(figure: str) -> float:
+    """Half a unit of the last significant digit shown: 0.05 for "1.21", 50 for "9,500"."""
+    digits = figure.replace(",", "")
+    if "." in digits:
+        return 0.5 * 10.0 ** -len(digits.split(".")[1])
+    zeros = len(digits) - len(digits.rstrip("0")) if digits.strip("0") else 0
+    return 0.5 * 10.0**zeros
+
+
+def matches(figure: str, value: float) -> bool:
+    return math.isclose(float(figure.replace(",", "")), value, abs_tol=shown_precision(figure) * (1 + 1e-9))
+
+
+def check_passage(doc: str, json_name: str, passage: str) -> None:
+    data = _load(json_name)
+    fields = PLACEHOLDER.findall(passage)
+    pieces = PLACEHOLDER.split(passage)
+    literal = pieces[::3]
+    pattern = NUMBER.join(r"\s+".join(re.escape(w) for w in re.split(r"\s+", part)) for part in literal)
+    found = re.search(pattern, _text(doc))
+    assert found, f"{doc}: passage not found (figures aside): {passage[:100]!r}…"
+    for (path, scale), figure in zip(fields, found.groups(), strict=True):
+        value = float(field(data, path)) * (float(scale) if scale else 1.0)
+        assert matches(figure, value), f"{doc}: {figure} but {json_name}:{path} is {value:.6g}"
+
+
+@pytest.mark.parametrize(
+    ("doc", "json_name", "passage"), FIGURES, ids=[f"{d}:{j}:{i}" for i, (d, j, _) in enumerate(FIGURES)]
+)
+def test_figure_equals_its_json_field(doc: str, json_name: str, passage: str) -> None:
+    check_passage(doc, json_name, passage)
+
+
+HEADING = re.compile(
+    r"`bench/results/([\w.-]+\.json)`: `python (?:bench/|-m revision\.bench\.)([\w]+?)(?:\.py)?((?: [^`]*)?)`"
+)
+
+
+@pytest.mark.parametrize("doc", [README, ALIGN])
+def test_commands_beside_figures_are_the_commands_in_the_json(doc: str) -> None:
+    text = _text(doc)
+    cited = HEADING.findall(text)
+    if doc == README:
+        assert len(cited) >= 7, cited
+    for json_name, script, args in cited:
+        recorded = _load(json_name)["command"]
+        assert recorded == f"{script}.py{args}", (
+            f"{doc}: `python bench/{script}.py{args}` but {json_name} says {recorded!r}"
+        )
+
+
+def test_every_cited_json_is_committed() -> None:
+    for doc in (README, ALIGN):
+        for name in re.findall(r"bench/results/([\w.-]+\.json)", _text(doc)):
+            assert (RESULTS / name).is_file(), f"{doc} cites bench/results/{name}, which does not exist"
+
+
+def test_the_checker_bites() -> None:
+    # A figure rounded the wrong way, a figure off by one unit, and a whole number off past its zeros.
+    assert matches("1.21", 1.2093) and not matches("1.21", 1.2049)
+    assert matches("9,500", 9503.35) and not matches("9,500", 9551.0)
+    assert not matches("35.8", 37.96)
+    with pytest.raises(AssertionError):
+        check_passage(README, "align.json", "naive in-memory float64 reference algorithm | | {ratios.rss_large_mb} s")
