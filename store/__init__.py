@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .config import CODECS, DTYPES, ConfigError, StoreConfig, canonical_dtype
 from .featurestore import FeatureStore, StoreError, to_torch
+from .storeset import Readable, StoreSet, open_readable
 
 __all__ = [
     "CODECS",
@@ -14,7 +15,10 @@ __all__ = [
     "ConfigError",
     "FeatureStore",
     "StoreConfig",
+    "Readable",
     "StoreError",
+    "StoreSet",
     "canonical_dtype",
+    "open_readable",
     "to_torch",
 ]

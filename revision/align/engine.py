@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, TypeAlias
 
 import torch
 
+from revision import dist
 from revision.align.config import AlignConfig
 from revision.align.methods import Method, get_method, torch_dtype
 from revision.align.output import (
@@ -27,17 +29,18 @@ from revision.align.output import (
     default_commit_rows,
     finished_run,
     open_output,
+    output_part,
     progress_record,
     run_identity,
 )
-from revision.align.passes import PassTiming, iter_blocks, moments_pass, screen_block
+from revision.align.passes import PassTiming, iter_blocks, moments_pass, pass_segments, screen_block
 from revision.align.stats import AlignStats, check_degenerate, load_stats, save_stats
 from revision.align.writebehind import WriteBehind
 from revision.errors import UserError
-from revision.store import FeatureStore
+from revision.store import FeatureStore, Readable, StoreSet, open_readable
 from revision.store.atomic import WriteError
 
-StoreLike: TypeAlias = "FeatureStore | str | os.PathLike[str]"
+StoreLike: TypeAlias = "FeatureStore | StoreSet | str | os.PathLike[str]"
 
 #: Test hook for the kill-and-resume test: sleep this long after each commit of pass 3.
 _PAUSE_ENV = "REVISION_ALIGN_PAUSE_AFTER_COMMIT"
@@ -64,21 +67,20 @@ class AlignResult:
         return "; ".join(parts)
 
 
-def _open(store: StoreLike, flag: str, owned: ExitStack) -> FeatureStore:
-    """The store itself, or the store at that path opened here and closed when `owned` unwinds.
+def _open(store: StoreLike, flag: str, owned: ExitStack) -> Readable:
+    """The store (or set) itself, or the store or set at that path opened here and closed when `owned`
+    unwinds.
 
     A caller's open store stays open; a store opened by a pass is closed by it (on errors too), so
     its shard files are not left to the garbage collector while a traceback still holds the frame.
+    The ids of a set are checked once per job: by rank 0 (torchrun stops the others if it fails).
     """
-    if isinstance(store, FeatureStore):
+    if isinstance(store, FeatureStore | StoreSet):
         return store
-    p = Path(store)
-    if not p.exists():
-        raise UserError(f"{flag} {p}: no such store")
-    return owned.enter_context(FeatureStore.open(p))
+    return owned.enter_context(open_readable(store, flag=flag, check_ids=dist.world().rank == 0))
 
 
-def _check_inputs(text: FeatureStore, image: FeatureStore | None, method: Method) -> None:
+def _check_inputs(text: Readable, image: Readable | None, method: Method) -> None:
     if text.rows == 0:
         raise UserError(f"--text {text.path}: empty store (0 rows)")
     if text.modality != "text":
@@ -95,7 +97,7 @@ def _check_inputs(text: FeatureStore, image: FeatureStore | None, method: Method
         raise UserError(f"--text {text.path} has dim {text.dim} but --image {image.path} has dim {image.dim}")
 
 
-def _store_ref(st: FeatureStore) -> dict[str, Any]:
+def _store_ref(st: Readable) -> dict[str, Any]:
     return {"path": str(st.path), "rows": st.rows, "dim": st.dim, "dtype": st.dtype, "chunk_rows": st.chunk_rows}
 
 
@@ -109,24 +111,44 @@ def centroid_pass(text: StoreLike, stats: AlignStats, config: AlignConfig) -> tu
         return _centroid_pass(_open(text, "--text", owned), stats, config)
 
 
-def _centroid_pass(t: FeatureStore, stats: AlignStats, config: AlignConfig) -> tuple[AlignStats, PassTiming]:
+Sums: TypeAlias = "tuple[int, torch.Tensor]"
+
+
+def _add_sums(a: Sums, b: Sums) -> Sums:
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _centroid_pass(t: Readable, stats: AlignStats, config: AlignConfig) -> tuple[AlignStats, PassTiming]:
     method = get_method(stats.method)
     if stats.dim != t.dim:
         raise UserError(f"--text {t.path} has dim {t.dim}, the statistics have dim {stats.dim}")
     t0 = time.perf_counter()
-    n_hat = 0
-    sum_h = torch.zeros(t.dim, dtype=torch.float64)
     device = config.torch_device()
-    for _, block in iter_blocks(
-        t, block_rows=config.block_rows, desc="pass 2 centroid", progress=config.progress, device=device
-    ):
-        n, s = method.centroid_sums(block, stats)
-        n_hat += n
-        sum_h += s.to("cpu")
+    # Sums per segment, then over segments, in order: the same bits for any number of ranks (dist.py).
+    segs = pass_segments(t, config.block_rows, 8 * t.dim)
+    lo, hi = dist.span(segs)
+
+    def partials() -> Iterator[Sums]:
+        ends = iter([b for _, b in segs])
+        end = next(ends, hi)
+        n_seg, sum_seg = 0, torch.zeros(t.dim, dtype=torch.float64)
+        for row0, block in iter_blocks(
+            t, start=lo, stop=hi, block_rows=config.block_rows, desc="pass 2 centroid", progress=config.progress,
+            device=device,
+        ):  # fmt: skip
+            n, s = method.centroid_sums(block, stats)
+            n_seg += n
+            sum_seg += s.to("cpu")
+            if row0 + block.shape[0] >= end:
+                yield n_seg, sum_seg
+                n_seg, sum_seg = 0, torch.zeros(t.dim, dtype=torch.float64)
+                end = next(ends, hi)
+
+    n_hat, sum_h = dist.fold_in_order(partials(), (0, torch.zeros(t.dim, dtype=torch.float64)), _add_sums)
     if not bool(torch.isfinite(sum_h).all()):
         raise UserError(f"--text {t.path}: the projected rows hold non-finite values (pass 2)")
-    nbytes = t.rows * t.dim * t.np_dtype.itemsize
-    return stats.with_centroid(n_hat, sum_h), PassTiming("pass 2 centroid", t.rows, nbytes, time.perf_counter() - t0)
+    nbytes = (hi - lo) * t.dim * t.np_dtype.itemsize
+    return stats.with_centroid(n_hat, sum_h), PassTiming("pass 2 centroid", hi - lo, nbytes, time.perf_counter() - t0)
 
 
 def fit_stores(
@@ -171,12 +193,12 @@ def fit_stores(
             inputs={"text": _store_ref(t), "image": None if i is None else _store_ref(i)},
             config=config.to_json(),
         )
-    if stats_path is not None:
+    if stats_path is not None and dist.world().rank == 0:
         save_stats(stats, stats_path)
     return stats, timings
 
 
-def _check_stats(stats: AlignStats, text: FeatureStore, config: AlignConfig, stats_where: str) -> Method:
+def _check_stats(stats: AlignStats, text: Readable, config: AlignConfig, stats_where: str) -> Method:
     method = get_method(stats.method)
     if stats.dim != text.dim:
         raise UserError(f"{stats_where}: statistics of dim {stats.dim}, but --text {text.path} has dim {text.dim}")
@@ -223,23 +245,30 @@ def apply_stats(
     Commits come every `config.commit_rows` rows (default: about 1 GiB of output) or every
     `commit_seconds`, whichever is first; the output records its progress from its creation on, so
     a run interrupted at any moment resumes. `run` (align's inputs and settings) is recorded so a
-    re-run of a finished align is recognised.
+    re-run of a finished align is recognised. Under torchrun each rank writes its own contiguous
+    rows to its own part `out/partRRR-of-WWW.zarr` (the parts read as one store set) and resumes it.
     """
     with ExitStack() as owned:
-        return _apply(
-            _open(text, "--text", owned),
+        t = _open(text, "--text", owned)
+        target, span = output_part(Path(out), t)
+        result = _apply(
+            t,
             stats,
-            out,
+            target,
             config,
             screen=screen,
             stats_path=stats_path,
             run=run,
             commit_seconds=commit_seconds,
+            span=span,
         )
+    dist.barrier()  # the output is complete only when every part is
+    result.out = Path(out)
+    return result
 
 
 def _apply(
-    t: FeatureStore,
+    t: Readable,
     stats: AlignStats,
     out: str | os.PathLike[str],
     config: AlignConfig,
@@ -248,7 +277,9 @@ def _apply(
     stats_path: Path | None,
     run: dict[str, Any] | None,
     commit_seconds: float,
+    span: tuple[int, int] | None = None,
 ) -> AlignResult:
+    """Pass 3 of text rows [lo, hi) = `span` (all rows when None) into the store `out`."""
     if t.rows == 0:
         raise UserError(f"--text {t.path}: empty store (0 rows)")
     method = _check_stats(stats, t, config, str(stats_path) if stats_path else "statistics")
@@ -256,13 +287,16 @@ def _apply(
     device = config.torch_device()
     pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
     out_p = Path(out)
+    lo, hi = span or (0, t.rows)
     created = not out_p.exists()
-    dst = open_output(out_p, t, method, config, stats, run)
-    start = dst.rows
+    dst = open_output(out_p, t, method, config, stats, run, span=span)
+    resumed = dst.rows
+    start = lo + resumed
     if dst.progress and dst.progress.get("done"):
         dst.close()
-        return AlignResult(out_p, stats, stats_path, t.rows, [], resumed_from=start, complete=True)
-    clock = CommitClock(start, config.commit_rows or default_commit_rows(dst), commit_seconds)
+        return AlignResult(out_p, stats, stats_path, hi - lo, [], resumed_from=resumed, complete=True)
+    # Counted in output rows, so commits fall on the output's shard boundaries.
+    clock = CommitClock(resumed, config.commit_rows or default_commit_rows(dst), commit_seconds)
     out_dtype = torch_dtype(config.out_dtype)
     columns = list(t.metadata_columns)
     t0 = time.perf_counter()
@@ -277,6 +311,7 @@ def _apply(
         for row0, block in iter_blocks(
             t,
             start=start,
+            stop=hi,
             block_rows=config.block_rows,
             desc="pass 3 apply",
             progress=config.progress,
@@ -289,13 +324,13 @@ def _apply(
             meta = {name: t.read_metadata(name, row0, row0 + n) for name in columns}
             writes.submit(dst.append, aligned, t.read_ids(row0, row0 + n), meta)
             done = row0 + n
-            if done < t.rows and clock.due(done):
-                writes.submit(dst.commit, progress=progress_record(stats, t, done, run))
+            if done < hi and clock.due(done - lo):
+                writes.submit(dst.commit, progress=progress_record(stats, t, done, run, span=span))
                 if pause:
                     writes.drain()
                     print(f"committed {done} rows", flush=True)
                     time.sleep(pause)
-        final = progress_record(stats, t, t.rows, run)
+        final = progress_record(stats, t, hi, run, span=span)
         writes.submit(dst.commit, progress=final, attrs={"alignment": stats.header()})
         writes.drain()
     except UserError as exc:
@@ -310,9 +345,9 @@ def _apply(
     finally:
         writes.close()
         dst.close()
-    nbytes = (t.rows - start) * t.dim * t.np_dtype.itemsize
-    timing = PassTiming("pass 3 apply", t.rows - start, nbytes, time.perf_counter() - t0)
-    return AlignResult(out_p, stats, stats_path, t.rows, [timing], resumed_from=start)
+    nbytes = (hi - start) * t.dim * t.np_dtype.itemsize
+    timing = PassTiming("pass 3 apply", hi - start, nbytes, time.perf_counter() - t0)
+    return AlignResult(out_p, stats, stats_path, hi - lo, [timing], resumed_from=resumed)
 
 
 def stats_beside(out: str | os.PathLike[str]) -> Path:
@@ -338,6 +373,7 @@ def align_stores(
     output's last commit.
     """
     base = config or AlignConfig()
+    rank = dist.world().rank
     if method is not None:
         overrides["method"] = method
     cfg = replace(base, **overrides) if overrides else base
@@ -347,16 +383,20 @@ def align_stores(
         t = _open(text, "--text", owned)
         i = _open(image, "--image", owned) if image is not None else None
         run = run_identity(t, i, cfg)
-        done = finished_run(out_p, run)
-        if done is not None and sp.is_file():
-            # The same command again after it finished: say so instead of redoing passes 1-2.
+        target, span = output_part(out_p, t)
+        done = finished_run(target, run)
+        if done is not None:
             done.close()
+        # Every rank takes the same branch: one skipping passes 1-2 would leave the others waiting.
+        if dist.all_ranks(done is not None and sp.is_file()):
+            # The same command again after it finished: say so instead of redoing passes 1-2.
             return AlignResult(out_p, load_stats(sp), sp, t.rows, [], resumed_from=t.rows, complete=True)
-        check_before_work(out_p, t)
+        check_before_work(target, t, span=span)
         stats, timings = fit_stores(t, i, cfg)
         result = apply_stats(t, stats, out, cfg, screen=False, stats_path=sp, run=run)
-    # Saved once the store is complete, so a refused or failed run never overwrites the stats of
-    # another store at that path.
-    save_stats(stats, sp)
+    # Saved once the store (every part) is complete, so a refused or failed run never overwrites the
+    # stats of another store at that path.
+    if rank == 0:
+        save_stats(stats, sp)
     result.timings = timings + result.timings
     return result

@@ -6,6 +6,10 @@ output again and resumes. Ownership is checked under the writer lock and before 
 second job pointed at the same `--out` is refused (LockedError while the first runs, or "not written
 by …" afterwards) without touching a byte. A finished `align` records what it was run on; re-running
 the same command finds that and returns at once instead of redoing passes 1–2.
+
+Under torchrun `--out` is a directory of parts, one per rank (`partRRR-of-WWW.zarr`, read back as
+one store set), each with its own progress record over its rows [lo, hi): each rank resumes its own
+part, and a resume with another number of processes is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from revision import dist
 from revision.align.config import AlignConfig
 from revision.align.methods import Method
 from revision.align.stats import AlignStats
 from revision.errors import UserError
-from revision.store import FeatureStore, StoreConfig
+from revision.store import FeatureStore, Readable, StoreConfig, StoreSet
 from revision.store.lock import probe
+from revision.store.storeset import PART_NAME, part_name
 
 JOB = "align-apply"
 
@@ -30,17 +36,52 @@ COMMIT_BYTES = 1 << 30
 COMMIT_SECONDS = 20.0
 
 
-def store_fingerprint(st: FeatureStore) -> dict[str, Any]:
-    """What identifies a store's committed content cheaply: its path, rows and commit record's hash."""
-    doc = (Path(st.path) / "zarr.json").read_bytes()
+def store_fingerprint(st: Readable) -> dict[str, Any]:
+    """What identifies a store's (or set's) committed content cheaply: path, rows, commit records' hash."""
+    h = hashlib.sha256()
+    for part in st.parts if isinstance(st, StoreSet) else [st]:
+        h.update((Path(part.path) / "zarr.json").read_bytes())
     return {
         "path": str(Path(st.path).resolve()),
         "rows": st.rows,
-        "commit": hashlib.sha256(doc).hexdigest()[:16],
+        "commit": h.hexdigest()[:16],
     }
 
 
-def run_identity(text: FeatureStore, image: FeatureStore | None, config: AlignConfig) -> dict[str, Any]:
+def output_part(out: Path, text: Readable) -> tuple[Path, tuple[int, int] | None]:
+    """Where this process writes pass 3 and which text rows: (`out`, None) in a one-process run,
+    (`out/partRRR-of-WWW.zarr`, (lo, hi)) for rank R of W. A world size other than the one `out`
+    was started with is refused."""
+    w = dist.world()
+    if out.exists():
+        if (out / "zarr.json").is_file():
+            if w.distributed:
+                raise UserError(
+                    f"--out {out}: written by a one-process run; resume it with one process (this run has "
+                    f"{w.size}) or remove it"
+                )
+        elif out.is_dir():
+            counts = {int(m["count"]) for m in map(PART_NAME.match, (c.name for c in out.iterdir())) if m}
+            if counts and counts != {w.size}:
+                raise UserError(
+                    f"--out {out}: parts of a run with {min(counts)} processes; resume it with that many "
+                    f"(this run has {w.size}) or remove it"
+                )
+            strays = [c.name for c in out.iterdir() if not PART_NAME.match(c.name) and not c.name.startswith(".")]
+            if w.distributed and strays:
+                raise UserError(
+                    f"--out {out}: exists and holds {strays[0]!r}, not only store parts; pick another --out"
+                )
+    if not w.distributed:
+        return out, None
+    out.mkdir(parents=True, exist_ok=True)
+    # Rows split on chunks, not on --block-rows: a resume with other flags finds its parts' rows again.
+    chunks = text.block_ranges(0, None, text.chunk_rows)
+    lo, hi = dist.span(dist.share(dist.segments(chunks, dist.MAX_SEGMENTS), w))
+    return out / part_name(w.rank, w.size), (lo, hi)
+
+
+def run_identity(text: Readable, image: Readable | None, config: AlignConfig) -> dict[str, Any]:
     """An `align` run: its inputs' fingerprints and its configuration (the stats follow from them)."""
     cfg = config.to_json()
     for volatile in ("progress", "device", "block_rows", "commit_rows"):  # how it runs, not what it computes
@@ -52,11 +93,20 @@ def run_identity(text: FeatureStore, image: FeatureStore | None, config: AlignCo
     }
 
 
-def progress_record(stats: AlignStats, text: FeatureStore, next_row: int, run: dict[str, Any] | None) -> dict[str, Any]:
+def progress_record(
+    stats: AlignStats,
+    text: Readable,
+    next_row: int,
+    run: dict[str, Any] | None,
+    *,
+    span: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     rec: dict[str, Any] = {"job": JOB, "stats": stats.digest(), "source_rows": text.rows, "next_row": next_row}
     if run is not None:
         rec["run"] = run
-    if next_row >= text.rows:
+    if span is not None:
+        rec["span"] = list(span)
+    if next_row >= (text.rows if span is None else span[1]):
         rec["done"] = True
     return rec
 
@@ -76,7 +126,12 @@ def finished_run(out: Path, run: dict[str, Any]) -> FeatureStore | None:
     return None
 
 
-def check_before_work(out: Path, text: FeatureStore) -> None:
+def _span_of(prog: dict[str, Any]) -> list[int] | None:
+    value = prog.get("span")
+    return None if value is None else list(value)
+
+
+def check_before_work(out: Path, text: Readable, *, span: tuple[int, int] | None = None) -> None:
     """Refuse an `--out` that is busy or plainly someone else's before passes 1–2 spend any time.
 
     Cheap and early; the binding check is `open_output`'s, under the lock, once the stats are known.
@@ -88,8 +143,12 @@ def check_before_work(out: Path, text: FeatureStore) -> None:
     probe(out, f"--out {out}")
     with FeatureStore.open(out) as st:
         prog = st.progress or {}
-        if prog.get("job") != JOB or prog.get("source_rows") != text.rows:
+        if prog.get("job") != JOB or prog.get("source_rows") != text.rows or _span_of(prog) != _listed(span):
             raise UserError(_not_ours(out))
+
+
+def _listed(span: tuple[int, int] | None) -> list[int] | None:
+    return None if span is None else list(span)
 
 
 def _not_ours(out: Path) -> str:
@@ -99,7 +158,7 @@ def _not_ours(out: Path) -> str:
     )
 
 
-def out_config(text: FeatureStore, method: Method, config: AlignConfig, stats: AlignStats) -> StoreConfig:
+def out_config(text: Readable, method: Method, config: AlignConfig, stats: AlignStats) -> StoreConfig:
     return StoreConfig(
         modality="text",
         dim=text.dim,
@@ -116,11 +175,13 @@ def out_config(text: FeatureStore, method: Method, config: AlignConfig, stats: A
 
 def open_output(
     out: Path,
-    text: FeatureStore,
+    text: Readable,
     method: Method,
     config: AlignConfig,
     stats: AlignStats,
     run: dict[str, Any] | None,
+    *,
+    span: tuple[int, int] | None = None,
 ) -> FeatureStore:
     """Create `out` (its progress recorded from the start), or reopen it for resuming if it is ours."""
     if not out.exists():
@@ -131,13 +192,15 @@ def open_output(
             out_config(text, method, config, stats),
             metadata_columns=dict(text.metadata_columns),
             attrs=attrs,
-            progress=progress_record(stats, text, 0, run),
+            progress=progress_record(stats, text, 0 if span is None else span[0], run, span=span),
         )
     digest = stats.digest()
 
     def ours(st: FeatureStore) -> None:  # runs under the lock, before any repair
         prog = st.progress or {}
         if prog.get("job") != JOB or prog.get("stats") != digest or prog.get("source_rows") != text.rows:
+            raise UserError(_not_ours(out))
+        if _span_of(prog) != _listed(span):
             raise UserError(_not_ours(out))
         if st.dtype != config.out_dtype:
             raise UserError(f"--out {out}: an unfinished run with --out-dtype {st.dtype}; resume with the same flag")

@@ -13,6 +13,11 @@ EPILOG = """example:
   revision align --text text.zarr --image image.zarr --out ot.zarr --method realign-ot
   revision export aligned.zarr trace/ --format reference-pkl   # back to the reference's pickles
 The statistics are saved in the aligned store's attributes and beside it (<out>.stats.json).
+
+distributed (statistics bit for bit those of one process; each process writes out/partRRR-of-WWW.zarr):
+  torchrun --nproc-per-node 4 -m revision align --text 'text-*.zarr' --image image.zarr --out aligned/
+--text and --image also take store sets: a glob, a directory of parts, or out/text.zarr when only
+its parts out/text.partNNN-of-MMM.zarr exist (revision embed under torchrun).
 """
 
 
@@ -41,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from revision import dist
     from revision.align.engine import align_stores, stats_beside
     from revision.align.stats import export_trace_stats, sidecar_path
 
@@ -58,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         ],
     )
     result = align_stores(args.text, args.image, args.out, config=cfg)
+    if dist.world().rank != 0:
+        return 0  # rank 0 writes the files beside --out and reports
     if args.export_trace_stats is not None:
         export_trace_stats(result.stats, args.export_trace_stats, strict_finite=cfg.strict)
     if result.complete:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from revision.align.cli_flags import add_run_flags, config_from_args
 from revision.align.config import METHOD_NAMES
@@ -11,11 +12,16 @@ from revision.errors import UserError
 from revision.modality import require_modality
 from revision.paths import check_outputs
 
+if TYPE_CHECKING:
+    from revision.dist import World
+
 EPILOG = """example:
   revision fit --text text.zarr --image image.zarr --stats realign.json
   revision apply --text text.zarr --stats realign.json --out aligned.zarr
   revision apply --text new_text.zarr --stats realign.json --out new_aligned.zarr --out-dtype float16
 Re-running an interrupted apply with the same flags resumes from its last commit.
+  torchrun --nproc-per-node 4 -m revision apply --text text.zarr --stats realign.json --out aligned/
+    (each process writes its rows to aligned/partRRR-of-004.zarr; read them back as the set aligned/)
 """
 
 
@@ -42,19 +48,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
+def _rank_prefix(w: World) -> str:
+    """Each rank of a torchrun job reports its own part."""
+    return f"rank {w.rank}/{w.size}: " if w.distributed else ""
+
+
 def run(args: argparse.Namespace) -> int:
+    from revision import dist
     from revision.align.engine import apply_stats
     from revision.align.stats import load_stats, sidecar_path
-    from revision.store import FeatureStore
+    from revision.store import open_readable
 
     check_outputs(
         [("--text", args.text), ("--stats", args.stats), ("the sidecar of --stats,", sidecar_path(args.stats))],
         [("--out", args.out, "dir")],
     )
     stats = load_stats(args.stats)
-    if not args.text.exists():
-        raise UserError(f"--text {args.text}: no such store")
-    with FeatureStore.open(args.text) as text:
+    with open_readable(args.text, flag="--text", check_ids=False) as text:
         # The engine aligns whatever rows it is given: an image store here would be written out as
         # "aligned" images.
         require_modality("--text", args.text, text.modality, "text")
@@ -62,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--stats {args.stats}: statistics fitted for --method {stats.method}, not {args.method}")
     cfg = config_from_args(args, method=stats.method)
     result = apply_stats(args.text, stats, args.out, cfg, stats_path=args.stats)
+    where = _rank_prefix(dist.world())
     if result.complete:
-        print(f"{args.out}: already complete ({result.rows:,} rows); nothing to do")
+        print(f"{where}{args.out}: already complete ({result.rows:,} rows); nothing to do")
         return 0
     if result.resumed_from:
-        print(f"resumed at row {result.resumed_from:,}")
-    print(f"apply {stats.method}: {result.rows:,} rows -> {args.out}")
+        print(f"{where}resumed at row {result.resumed_from:,}")
+    print(f"{where}apply {stats.method}: {result.rows:,} rows -> {args.out}")
     for t in result.timings:
         print(f"  {t.name}: {t.rows:,} rows in {t.seconds:.2f} s ({t.rows_per_s:,.0f} rows/s, {t.gb_per_s:.2f} GB/s)")
     return 0

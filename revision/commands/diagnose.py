@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from revision.errors import UserError
 from revision.paths import check_outputs
@@ -28,7 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--text", required=True, metavar="STORE", help="text feature store (raw)")
+    p.add_argument(
+        "--text",
+        required=True,
+        metavar="STORE",
+        help="text feature store (raw), or a store set (glob, directory of parts)",
+    )
     p.add_argument("--image", required=True, metavar="STORE", help="image feature store")
     p.add_argument(
         "--aligned",
@@ -108,13 +115,20 @@ def run(args: argparse.Namespace) -> int:
     from revision.diagnose import write_outputs
     from revision.diagnose.pipeline import run_diagnosis
     from revision.diagnose.report import text_table
+    from revision.store import open_readable
 
     log = None if args.quiet else (lambda msg: print(f"revision diagnose: {msg}", file=sys.stderr))
-    result = run_diagnosis(
-        args.text, args.image, aligned=aligned, sample=args.sample, k=args.k, seed=args.seed,
-        pairs=args.pairs, pairs_file=args.pairs_file, gpu=not args.no_gpu, threads=args.threads,
-        full_spectrum=args.full_spectrum, exact_limit=args.exact_limit, log=log,
-    )  # fmt: skip
+    with ExitStack() as opened:
+        # Store sets (globs, directories of parts) are opened here; the pipeline reads them like stores.
+        def source(flag: str, spec: str) -> Any:
+            return opened.enter_context(open_readable(spec, flag=flag))
+
+        named = None if aligned is None else {name: source(f"--aligned {name}", p) for name, p in aligned.items()}
+        result = run_diagnosis(
+            source("--text", args.text), source("--image", args.image), aligned=named, sample=args.sample,
+            k=args.k, seed=args.seed, pairs=args.pairs, pairs_file=args.pairs_file, gpu=not args.no_gpu,
+            threads=args.threads, full_spectrum=args.full_spectrum, exact_limit=args.exact_limit, log=log,
+        )  # fmt: skip
     metrics_path, report_path = write_outputs(result, args.out)
     print(text_table(result.metrics))
     print(f"\nmetrics: {metrics_path}\nreport:  {report_path}")

@@ -25,6 +25,9 @@ sharded (each shard on its own machine; the result equals one fit on all rows, b
   revision fit --text t1.zarr --centroid-from pass1.json --stats c1.json       # per shard
   revision fit --merge c1.json c2.json --stats realign.json                     # final statistics
 
+distributed (one job; the statistics equal one process's bit for bit; rank 0 writes --stats):
+  torchrun --nproc-per-node 4 -m revision fit --text 'text-*.zarr' --image image.zarr --stats realign.json
+
 Degenerate statistics: a modality with fewer than 2 rows, or whose rows are all alike (a trace of
 at most 1e-9 of the rows' mean squared norm), is refused (a warning under --no-strict); fewer than
 100 rows is a warning.
@@ -175,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
             )
         # Built before anything is written: a refusal leaves no stats file behind either.
         record = trace_stats_record(stats, strict_finite=strict)
+    from revision import dist
+
+    if dist.world().rank != 0:
+        return 0  # every rank holds the same statistics; rank 0 writes them
     save_stats(stats, args.stats)
     if record is not None:
         write_pickle(args.export_trace_stats, record)

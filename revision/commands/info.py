@@ -7,11 +7,13 @@ import json
 from typing import Any
 
 from revision.errors import UserError
-from revision.store import FeatureStore, StoreError
+from revision.store import StoreError, open_readable
 
 EPILOG = """examples:
   revision info text.zarr
-  revision info text.zarr --json | jq .rows"""
+  revision info text.zarr --json | jq .rows
+  revision info 'text-*.zarr'          # a store set: its parts and the total
+  revision info out/text.zarr          # the parts out/text.partNNN-of-MMM.zarr of a torchrun embed"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("store", metavar="STORE", help="feature store to describe")
+    p.add_argument(
+        "store",
+        metavar="STORE",
+        help="feature store to describe, or a store set: a glob, a directory of parts, or the path whose "
+        "<name>.partNNN-of-MMM.zarr parts exist",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (keys rows, dim, dtype, modality, …)")
     p.set_defaults(func=run)
 
@@ -63,12 +70,20 @@ def describe(info: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("encoder", str(info["encoder"])))
     if "alignment" in (info.get("attrs") or {}):
         rows.append(("alignment", json.dumps(info["attrs"]["alignment"])[:200]))
+    parts = info.get("parts")
+    if parts:
+        rows.insert(1, ("parts", f"{len(parts)} (ids unique across them)"))
+        width = len(str(len(parts) - 1))
+        for k, part in enumerate(parts):
+            rows.append(
+                (f"part {k:>{width}}", f"{part['path']}: {part['rows']:,} rows, {_size(int(part['bytes_on_disk']))}")
+            )
     return rows
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        st = FeatureStore.open(args.store)
+        st = open_readable(args.store)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     try:
