@@ -3,8 +3,10 @@ recall reference's memory."""
 
 from __future__ import annotations
 
+import json
 import os
 import tracemalloc
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -120,7 +122,7 @@ def test_recall_reference_memory_is_bounded_by_the_block(monkeypatch: pytest.Mon
     assert np.array_equal(got[1], want[1])
 
 
-def test_k_beyond_the_sample_is_refused_naming_the_cap(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_k_beyond_the_sample_is_refused_naming_the_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from test_align_oracle import make_store
 
     from revision.cli import main
@@ -134,6 +136,4 @@ def test_k_beyond_the_sample_is_refused_naming_the_cap(tmp_path, capsys) -> None
     assert err.startswith("revision diagnose: error: --k 60") and "--k 54 or less" in err and "\n" not in err
     assert not (tmp_path / "d1" / "metrics.json").exists()
     assert main([*args, "--k", "54", "--threads", "1", "--out", str(tmp_path / "d2")]) == 0
-    import json
-
     assert json.loads((tmp_path / "d2" / "metrics.json").read_text())["raw"]["knn_k"] == 54
