@@ -194,7 +194,8 @@ def train(cfg: TrainConfig, transform: Transform | None = None) -> dict[str, Any
     step = 0
     ckpt = load_checkpoint(cfg.out)
     if ckpt is not None:
-        load_trainable(model, ckpt["trainable"])
+        if not isinstance(engine, DeepSpeedEngine):  # DeepSpeed restores the weights from its own files
+            load_trainable(model, ckpt["trainable"])
         engine.load_state_dict(ckpt["engine"], cfg.out)
         set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
@@ -263,7 +264,8 @@ def _save_checkpoint(run: Run, engine: TorchEngine, step: int) -> None:
     state = {
         "step": step,
         "config": run.cfg.resume_key(),
-        "trainable": trainable_state(run.model),
+        # Under DeepSpeed the weights are in its files (partitioned under ZeRO-3), not copied here.
+        "trainable": {} if extra else trainable_state(run.model),
         "engine": {**engine.state_dict(), **extra},
         "rng": rng_state(),
     }

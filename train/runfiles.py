@@ -9,6 +9,7 @@ RUN/metrics.jsonl  one JSON line per optimizer step
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,23 @@ PROJECTOR = "projector.pt"
 LLM_DIR = "llm"
 
 
+def _gathered(model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """ZeRO-3 partitions parameters across ranks (`ds_id` marks them): gather them whole to save."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)  # type: ignore[no-any-return]
+
+
 def save_outputs(cfg: TrainConfig, model: VisionLM, tokenizer: Any, *, merge_lora: bool) -> None:
     """The final weights: the projector always, the LLM folder when it trained."""
+    with _gathered(model):
+        _save_outputs(cfg, model, tokenizer, merge_lora=merge_lora)
+
+
+def _save_outputs(cfg: TrainConfig, model: VisionLM, tokenizer: Any, *, merge_lora: bool) -> None:
     first = next(m for m in model.projector.modules() if isinstance(m, torch.nn.Linear))
     last = [m for m in model.projector.modules() if isinstance(m, torch.nn.Linear)][-1]
     doc = {
