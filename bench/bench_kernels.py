@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from revision.bench.harness import peak_rss_mb, print_table, time_it, write_results
+from revision.bench.harness import Timing, peak_rss_mb, print_table, time_it, write_results
 from revision.kernels import (
     c3,
     normalize_rows,
@@ -122,6 +123,23 @@ def _sweep(
             else:
                 os.environ[k] = v
     return found
+
+
+def _interleaved(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each run, `repeats` rounds that time every run once in turn, after one warm-up each.
+
+    On a machine shared with other jobs the load drifts over minutes; in turn, the variants of an op
+    meet the same load and their ratios hold where absolute times do not.
+    """
+    for run in runs.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - t0)
+    return seconds
 
 
 def _leading(chunks: list[tuple[int, torch.Tensor]], rows: int) -> list[tuple[int, torch.Tensor]]:
@@ -224,10 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    # Baseline of the run: a copy of the same bytes (device-to-device on CUDA, memcpy on CPU), in+out.
+    # Baseline of every op: a copy of the same rows (device-to-device on CUDA, memcpy on CPU), in+out.
     copy_dst = torch.empty(chunk, d, device=device, dtype=dtype)
-    copy_t = time_it(over(chunks, lambda a, c: copy_dst[: c.shape[0]].copy_(c)), repeats=args.repeats)
-    copy_gbs = 2 * rows * in_row / copy_t.median / 1e9
 
     stats_vec = d * 8  # one float64 vector of D
     all_ops: dict[str, dict[str, Any]] = {
@@ -289,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             compiled[name] = call
 
     backend = select_backend(x)
+    copy_seconds: list[float] = []
     table: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
     for name, op in ops.items():
@@ -299,34 +316,46 @@ def main(argv: list[str] | None = None) -> int:
         }
         # The fused torch path is timed beside the production path only when that is the C kernel.
         torch_path = op.get("torch") if entry["fused_path"] == "native" else None
-        variants = [
-            ("fused", op["fused"], chunks),
-            ("torch", torch_path, chunks),
-            ("eager", op["eager"], baseline_chunks),
-            ("compile", compiled.get(name), baseline_chunks),
-        ]
-        for variant, fn, pieces in variants:
-            if fn is None:
-                continue
+        variants = {
+            v: (fn, pieces)
+            for v, fn, pieces in [
+                ("copy", lambda a, c: copy_dst[: c.shape[0]].copy_(c), chunks),
+                ("fused", op["fused"], chunks),
+                ("torch", torch_path, chunks),
+                ("eager", op["eager"], baseline_chunks),
+                ("compile", compiled.get(name), baseline_chunks),
+            ]
+            if fn is not None
+        }
+        timings = _interleaved({v: over(pieces, fn) for v, (fn, pieces) in variants.items()}, args.repeats)
+        per_value = {v: [t / (sum(c.shape[0] for _, c in variants[v][1]) * d) for t in ts] for v, ts in timings.items()}
+        for variant, (_, pieces) in variants.items():
             n = sum(c.shape[0] for _, c in pieces)
-            timing = time_it(over(pieces, fn), repeats=args.repeats)
-            gbs = op["bytes"](n, len(pieces)) / timing.median / 1e9
+            timing = Timing(timings[variant])
+            moved = 2 * n * in_row if variant == "copy" else op["bytes"](n, len(pieces))
             entry[variant] = {
                 "rows": n,
                 "seconds": timing.median,
+                "seconds_each": timing.seconds,
                 "spread": timing.spread,
-                "gb_per_s_in_out": gbs,
+                "gb_per_s_in_out": moved / timing.median / 1e9,
                 "ns_per_value": timing.median / (n * d) * 1e9,
                 "rows_per_s": n / timing.median,
-                "fraction_of_copy_bandwidth": gbs / copy_gbs,
             }
             if variant == "compile":
                 entry[variant]["compile_seconds"] = compile_seconds[name]
+        copy_seconds.extend(timings["copy"])
+        for variant in variants:
+            entry[variant]["fraction_of_copy_bandwidth"] = (
+                entry[variant]["gb_per_s_in_out"] / entry["copy"]["gb_per_s_in_out"]
+            )
         fused = entry["fused"]
         entry["fraction_of_copy_bandwidth"] = fused["fraction_of_copy_bandwidth"]
         for variant in ("torch", "eager", "compile"):
             if variant in entry:
-                entry[f"speedup_vs_{variant}"] = entry[variant]["ns_per_value"] / fused["ns_per_value"]
+                # The median of ratios taken round by round: each pair ran minutes apart at most.
+                ratios = [b / a for a, b in zip(per_value["fused"], per_value[variant], strict=True)]
+                entry[f"speedup_vs_{variant}"] = statistics.median(ratios)
         results[name] = entry
         row = {
             "op": name,
@@ -347,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = _sweep(ops, chunks[: max(1, 2_097_152 // chunk)], device, args.repeats)
 
     load_after = os.getloadavg()
+    copy_gbs = 2 * rows * in_row / Timing(copy_seconds).median / 1e9
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     baseline_rows = sum(c.shape[0] for _, c in baseline_chunks)
     print(
