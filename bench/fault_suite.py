@@ -46,12 +46,22 @@ class Writer:
     outputs: list[Path]  # files or directories the command produces (compared byte for byte)
     store: Path | None  # the feature store among them, checked after a fault
     volatile_keys: tuple[str, ...] = ()  # JSON keys that hold timings, not data
+    workdir: Path | None = None  # removed between runs when the outputs live inside it
+
+    def reset(self) -> None:
+        """Remove everything the writer produced, so the next run starts from nothing."""
+        for p in [self.workdir] if self.workdir is not None else self.outputs:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
 
 
 def _env(fault: str | None, log: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REVISION_FAULT")}
     env["REVISION_NO_PROGRESS"] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("PYTHONHASHSEED", "0")  # training is bitwise reproducible on the CPU with it
     if fault:
         env["REVISION_FAULT"] = fault
     if log is not None:
@@ -127,11 +137,25 @@ def setup_embed(root: Path) -> Writer:
     return Writer("embed", argv, [out], out / "text.zarr")
 
 
+def setup_train(root: Path) -> Writer:
+    from revision.train.tiny import PROTOTYPE_PHRASES, build_prototype_task, build_tiny_llm
+
+    build_tiny_llm(root / "llm", [*PROTOTYPE_PHRASES], hidden=32, layers=1, heads=2)
+    build_prototype_task(root / "task", n=48)
+    run = root / "run"
+    argv = ["train", "pretrain", "--data", str(root / "task" / "ann.jsonl"), "--features", str(root / "task" / "view")]
+    argv += ["--llm", str(root / "llm"), "--out", str(run), "--train-llm", "--epochs", "1", "--batch-size", "8"]
+    argv += ["--save-every", "2"]
+    # The weights are the data; run.json and metrics.jsonl also hold timings.
+    return Writer("train", argv, [run / "projector.pt", run / "llm" / "model.safetensors"], None, workdir=run)
+
+
 SETUPS: dict[str, Callable[[Path], Writer]] = {
     "ingest": setup_ingest,
     "align": setup_align,
     "export-memmap": setup_export,
     "embed": setup_embed,
+    "train": setup_train,
 }
 
 
@@ -156,7 +180,7 @@ def snapshot(w: Writer) -> dict[str, bytes]:
 
 def leftovers(w: Writer) -> list[str]:
     """Temporary files or staging directories anywhere under the writer's folder."""
-    base = w.outputs[0].parent
+    base = w.workdir or w.outputs[0].parent
     return sorted(str(p) for p in base.rglob("*") if any(m in p.name for m in _TEMP_MARKERS))
 
 
@@ -224,8 +248,7 @@ def prepare(name: str, base: Path) -> Prepared:
         from revision.store import FeatureStore
 
         clean_rows = FeatureStore.open(w.store).rows
-    for p in w.outputs:
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    w.reset()
     return Prepared(w, root, clean, points, clean_rows, seconds)
 
 
@@ -264,8 +287,7 @@ def one_fault(prep: Prepared, kind: str, k: int) -> dict[str, Any]:
     rec["ok"] = not problems
     if problems:
         rec["problems"] = problems
-    for p in w.outputs:  # the next fault starts from nothing
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    w.reset()  # the next fault starts from nothing
     for p in leftovers(w):
         shutil.rmtree(p, ignore_errors=True) if Path(p).is_dir() else Path(p).unlink(missing_ok=True)
     return rec

@@ -23,7 +23,7 @@ _SAMPLE = os.environ.get("REVISION_FAULT_SAMPLE", "")
 _SEED = int(os.environ.get("REVISION_FAULT_SEED", "0"))
 
 # Write calls tried per writer and fault kind in CI; embed is the slowest to start (a model load).
-SAMPLES = {"ingest": 3, "align": 3, "export-memmap": 3, "embed": 2}
+SAMPLES = {"ingest": 3, "align": 3, "export-memmap": 3, "embed": 2, "train": 2}
 
 
 @pytest.mark.parametrize("writer", list(SAMPLES))

@@ -55,6 +55,8 @@ def test_pretrain_trains_and_saves_the_projector_alone(world: Path, tmp_path: Pa
         assert torch.equal(v, pre[k]), k
     assert run.template.kind == "conversation"
     assert all(p.requires_grad for p in run.model.parameters())
+    assert run.lock is not None
+    run.lock.release()  # prepare() holds the run directory's writer lock for the caller
     train(world, tmp_path / "ft", "--projector-from", str(tmp_path / "pre"), "--max-steps", "2", stage="finetune")
     assert (tmp_path / "ft" / "llm" / "config.json").is_file()
 

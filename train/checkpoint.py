@@ -18,35 +18,68 @@ from typing import Any
 import numpy as np
 import torch
 
-from revision.store.atomic import fsync_dir
+from revision.store import faults
+from revision.store.atomic import fsync_dir, resolve_durable, write_error
 
 CHECKPOINT = "checkpoint.pt"
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save(obj, path) so that `path` is the old file or the whole new one, durably."""
+    """torch.save(obj, path) so that `path` is the old file or the whole new one, durably.
+
+    A failed write (EIO, disk full) removes the temporary file and raises the store's one-line
+    WriteError / DiskFullError; the previous checkpoint stays in force. The write calls are fault
+    points of the fault suite, as the store's are.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    sync = resolve_durable(None)
+    renamed = False
+    try:
+        with open(tmp, "wb") as fh:
+            faults.point("write", tmp)
+            torch.save(obj, fh)
+            fh.flush()
+            if sync:
+                faults.point("fsync", tmp)
+                os.fsync(fh.fileno())
+        faults.point("rename", path)
+        os.replace(tmp, path)
+        renamed = True
+        if sync:
+            fsync_dir(path.parent)
+    except BaseException as exc:
+        if not renamed:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
+        raise
 
 
 def atomic_dir(dest: Path, write: Callable[[Path], None]) -> None:
     """Build a directory with `write(tmp)` beside `dest`, then swap it into place."""
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    fsync_dir(dest.parent)
+    try:
+        faults.point("write", tmp)
+        write(tmp)
+        if resolve_durable(None):
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    faults.point("fsync", f)
+                    os.fsync(fh.fileno())
+            fsync_dir(tmp)
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        faults.point("rename", dest)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if resolve_durable(None):
+            fsync_dir(dest.parent)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise write_error(dest, exc) from None
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from revision.store.atomic import atomic_write_bytes
+from revision.store.lock import WriterLock
 from revision.train.checkpoint import (
     CHECKPOINT,
     atomic_torch_save,
@@ -66,6 +67,7 @@ class Run:
     model: VisionLM
     attention: str
     device: torch.device
+    lock: WriterLock | None = None
 
 
 def _writable(out: Path) -> bool:
@@ -98,14 +100,27 @@ def _check_same_run(cfg: TrainConfig) -> dict[str, Any] | None:
 
 
 def prepare(cfg: TrainConfig, transform: Transform | None = None) -> Run:
-    """Check all inputs and build the model; on bad input nothing is left in a new RUN."""
+    """Check all inputs and build the model; on bad input nothing is left in a new RUN.
+
+    The run directory's writer lock is taken first and held by the returned Run (released by
+    `train`, or by `Run.lock.release()`): a second job on the same --out is refused, naming the first.
+    """
     created = _writable(cfg.out)
     try:
-        return _prepare(cfg, transform)
+        lock = WriterLock.acquire(cfg.out, f"--out {cfg.out}: this run directory")
     except BaseException:
         if created:
             shutil.rmtree(cfg.out, ignore_errors=True)
         raise
+    try:
+        run = _prepare(cfg, transform)
+    except BaseException:
+        if created:
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        lock.release()
+        raise
+    run.lock = lock
+    return run
 
 
 def _prepare(cfg: TrainConfig, transform: Transform | None) -> Run:
@@ -168,6 +183,14 @@ def _metrics_upto(run: Path, step: int) -> None:
 def train(cfg: TrainConfig, transform: Transform | None = None) -> dict[str, Any]:
     """Run (or resume, or find complete) the training job `cfg`; returns run.json's document."""
     run = prepare(cfg, transform)
+    try:
+        return _train(run, cfg, transform)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _train(run: Run, cfg: TrainConfig, transform: Transform | None) -> dict[str, Any]:
     doc = _check_same_run(cfg)
     if doc is not None and doc.get("done"):
         return doc
