@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if single_file and args.dest.endswith(("/", os.sep)):
         raise UserError(f"DEST {args.dest}: names a directory, but --format parquet writes a file (e.g. out.parquet)")
     check_outputs([("STORE", args.store)], [("DEST", args.dest, "any")])
-    if os.path.lexists(args.dest):
+    # memmap: the export itself decides (a finished export of this same store is a no-op re-run).
+    if os.path.lexists(args.dest) and args.fmt != "memmap":
         hint = ""
         if single_file and os.path.isdir(args.dest):
             hint = f"; --format parquet writes one file, e.g. {os.path.join(args.dest, 'export.parquet')}"
