@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from . import faults
 from .errors import UserError
@@ -82,24 +83,22 @@ def make_dirs(path: Path, *, durable: bool | None = None) -> None:
             raise write_error(d, exc) from None
 
 
-def atomic_write_bytes(path: Path, data: bytes | Iterable[bytes], *, durable: bool | None = None) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`.
+@contextlib.contextmanager
+def atomic_file(path: Path, *, durable: bool | None = None) -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces `path` atomically when the block ends cleanly.
 
-    A SIGKILL at any moment leaves `path` as it was or fully replaced; with `durable` (the default)
-    so does a power cut. Raises WriteError (DiskFullError for ENOSPC) on failure, after removing the
-    temporary file.
+    The data goes to a temporary file beside `path`; on a clean exit it is flushed, fsynced (with
+    durability), renamed over `path` and the directory fsynced. On any failure the temporary file is
+    removed and `path` is untouched; OSErrors become WriteError (DiskFullError for ENOSPC).
     """
     sync = resolve_durable(durable)
     make_dirs(path.parent, durable=sync)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else data
     renamed = False
     try:
         with open(tmp, "wb") as fh:
             faults.point("open", tmp)
-            for part in parts:
-                faults.point("write", tmp)
-                fh.write(part)
+            yield fh
             fh.flush()
             if sync:
                 faults.point("fsync", tmp)
@@ -109,14 +108,25 @@ def atomic_write_bytes(path: Path, data: bytes | Iterable[bytes], *, durable: bo
         renamed = True
         if sync:
             fsync_dir(path.parent)
-    except OSError as exc:
+    except BaseException as exc:
         if not renamed:
             _unlink_quietly(tmp)
-        raise write_error(path, exc) from None
-    except BaseException:
-        if not renamed:
-            _unlink_quietly(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes | Iterable[bytes], *, durable: bool | None = None) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it over `path` (see `atomic_file`).
+
+    A SIGKILL at any moment leaves `path` as it was or fully replaced; with `durable` (the default)
+    so does a power cut.
+    """
+    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else data
+    with atomic_file(path, durable=durable) as fh:
+        for part in parts:
+            faults.point("write", path)
+            fh.write(part)
 
 
 def _unlink_quietly(p: Path) -> None:

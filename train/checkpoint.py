@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from revision.store import faults
-from revision.store.atomic import fsync_dir, resolve_durable, write_error
+from revision.store.atomic import atomic_file, fsync_dir, resolve_durable, write_error
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -28,31 +28,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save(obj, path) so that `path` is the old file or the whole new one, durably.
 
     A failed write (EIO, disk full) removes the temporary file and raises the store's one-line
-    WriteError / DiskFullError; the previous checkpoint stays in force. The write calls are fault
+    WriteError / DiskFullError; the previous checkpoint stays in force. Its write calls are fault
     points of the fault suite, as the store's are.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    sync = resolve_durable(None)
-    renamed = False
-    try:
-        with open(tmp, "wb") as fh:
-            faults.point("write", tmp)
-            torch.save(obj, fh)
-            fh.flush()
-            if sync:
-                faults.point("fsync", tmp)
-                os.fsync(fh.fileno())
-        faults.point("rename", path)
-        os.replace(tmp, path)
-        renamed = True
-        if sync:
-            fsync_dir(path.parent)
-    except BaseException as exc:
-        if not renamed:
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
-        raise
+    with atomic_file(path) as fh:
+        faults.point("write", path)
+        torch.save(obj, fh)
 
 
 def atomic_dir(dest: Path, write: Callable[[Path], None]) -> None:
