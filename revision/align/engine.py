@@ -263,7 +263,7 @@ def apply_stats(
             span=span,
         )
     dist.barrier()  # the output is complete only when every part is
-    result.out = Path(out)
+    result.out, result.rows = Path(out), t.rows
     return result
 
 
@@ -292,7 +292,7 @@ def _apply(
     dst = open_output(out_p, t, method, config, stats, run, span=span)
     resumed = dst.rows
     start = lo + resumed
-    if dst.progress and dst.progress.get("done"):
+    if not created and dst.progress and dst.progress.get("done"):
         dst.close()
         return AlignResult(out_p, stats, stats_path, hi - lo, [], resumed_from=resumed, complete=True)
     # Counted in output rows, so commits fall on the output's shard boundaries.

@@ -47,6 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     from revision import dist
+
+    try:
+        return _run(args)
+    finally:
+        # Under torchrun: a process group left to the interpreter's exit can abort in gloo's threads.
+        dist.shutdown()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from revision import dist
     from revision.align.engine import align_stores, stats_beside
     from revision.align.stats import export_trace_stats, sidecar_path
 

@@ -55,6 +55,16 @@ def _rank_prefix(w: World) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from revision import dist
+
+    try:
+        return _run(args)
+    finally:
+        # Under torchrun: a process group left to the interpreter's exit can abort in gloo's threads.
+        dist.shutdown()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from revision import dist
     from revision.align.engine import apply_stats
     from revision.align.stats import load_stats, sidecar_path
     from revision.store import open_readable

@@ -141,6 +141,16 @@ def _merge(paths: list[Path], *, strict: bool) -> AlignStats:
 
 
 def run(args: argparse.Namespace) -> int:
+    from revision import dist
+
+    try:
+        return _run(args)
+    finally:
+        # Under torchrun: a process group left to the interpreter's exit can abort in gloo's threads.
+        dist.shutdown()
+
+
+def _run(args: argparse.Namespace) -> int:
     from revision.align.engine import centroid_pass, fit_stores
     from revision.align.stats import load_stats, save_stats, sidecar_path, trace_stats_record, write_pickle
 
