@@ -25,8 +25,9 @@ On seeded samples (`sample`: rows per modality and seed):
   recall_at_{1,5,10}_{t2i,i2t}, median_rank_{t2i,i2t} among the sampled pairs (recall_at_k and
   median_rank repeat t2i), spectrum_{text,image} (top covariance eigenvalues; `spectrum_source`),
   anisotropy_{text,image} (top1_fraction, effective_rank, mean_cosine).
-Also: faiss (index, threads and the timings that chose them, nprobe and recall_vs_exact for IVF),
-pairs, inputs, seconds (per stage).
+Also: faiss (index, threads and the timings that chose them, nprobe and recall_vs_exact for IVF;
+in IVF mode a modality with fewer than 39 sampled rows is searched exactly, and `index` then names
+both, e.g. "flat-ip (text) / ivf64-flat-ip (image)"), pairs, inputs, seconds (per stage).
 """
 
 from __future__ import annotations
@@ -77,8 +78,11 @@ def diagnose(
     text, image, aligned values: store paths, open FeatureStores or (n, dim) NumPy arrays.
     sample: rows per modality for the sampled metrics (None → min(5,000, rows); more rows
         than a store holds is an error). k: neighbours for k-NN mixing. seed: all sampling.
+    Stores opened from paths are closed before this returns or raises.
+    k: at most the sampled text rows − 1 + the sampled image rows (more is a UserError naming the cap).
     pairs: pair rows by equal ids; pairs_file: CSV/TSV/Parquet with text_id, image_id.
-    gpu: use a FAISS GPU index when faiss has one; threads: FAISS threads (None → measured).
+    gpu: use a FAISS GPU index when faiss has one; threads: FAISS threads (None → the fastest of a
+        probe, up to the CPUs in this process's affinity mask); FAISS's own setting is restored.
     full_spectrum: accumulate the D×D covariance over all rows in the stream (slower: O(N·D²));
         by default the spectrum comes from the samples.
     log: a callable taking progress messages (e.g. print), or None.
