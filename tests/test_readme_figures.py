@@ -1,8 +1,8 @@
 """Every measured figure in the READMEs is a field of a committed bench/results JSON (issue 11 defect 13).
 
 Each entry below is a passage of a README with its figures replaced by `{json.field.path}`
-placeholders (`|k` multiplies by k; a path segment `key=value` picks the list element whose `key`
-is `value`). The passage must appear in the document, and each figure must equal its field at the
+placeholders (`|k` multiplies by k; a path segment `key=value` or `k1=v1&k2=v2` picks the one list
+element with those values). The passage must appear in the document, and each figure must equal its field at the
 precision shown (trailing zeros of a whole number are not significant: "9,500" is 9,503 rounded).
 A heading that names a JSON and a command must name the command that JSON records.
 """
@@ -32,6 +32,47 @@ FIGURES: list[tuple[str, str, str]] = [
         "{codecs.codec=blosc-lz4.compression_ratio}×, while a scan decoding them runs at "
         "{codecs.codec=zstd.scan_mb_per_s|1e-3} and {codecs.codec=blosc-lz4.scan_mb_per_s|1e-3} GB/s against "
         "{codecs.codec=none.scan_mb_per_s|1e-3} GB/s without a codec",
+    ),
+    # Which method when
+    (README, "demo.json", "Closes the centroid gap ({metrics.realign.centroid_gap} on the demo)"),
+    (
+        README,
+        "align-methods.json",
+        "keeps each text row's own neighbourhood ({table.data=shapes&method=realign.keep|100}–"
+        "{table.data=cones&method=realign.keep|100} % of its 10 nearest text neighbours survive in the method "
+        "benchmark)",
+    ),
+    (
+        README,
+        "demo.json",
+        "(recall@1 {metrics.raw.recall_at_1_t2i} → {metrics.realign.recall_at_1_t2i} text→image and "
+        "{metrics.raw.recall_at_1_i2t} → {metrics.realign.recall_at_1_i2t} image→text on the demo).",
+    ),
+    (
+        README,
+        "align-methods.json",
+        "(k-NN mixing {table.data=shapes&method=realign.mix}–{table.data=cones&method=realign.mix} in the method "
+        "benchmark,",
+    ),
+    (README, "demo.json", "in the method benchmark, {metrics.realign.knn_mixing} on the demo, of an ideal 0.5)"),
+    (
+        README,
+        "align-methods.json",
+        "(covariance error {table.data=shapes&method=realign-ot.cov_err}–{table.data=cones&method=realign-ot.cov_err} "
+        "vs {table.data=cones&method=realign.cov_err}–{table.data=shapes&method=realign.cov_err} for realign, k-NN "
+        "mixing {table.data=shapes&method=realign-ot.mix}–",
+    ),
+    (README, "demo.json", "–{metrics.realign-ot.knn_mixing} ≈ ideal)."),
+    (
+        README,
+        "align-methods.json",
+        "text neighbourhoods change ({table.data=cones&method=realign-ot.keep|100} % survive)",
+    ),
+    (
+        README,
+        "demo.json",
+        "paired recall drops ({metrics.raw.recall_at_1_t2i} → {metrics.realign-ot.recall_at_1_t2i} text→image on "
+        "the demo)",
     ),
     # Benchmarks: store
     (
@@ -162,6 +203,33 @@ FIGURES: list[tuple[str, str, str]] = [
         "RSS **{rss_ratio}×** the reference's, start-up independent of N. Through the full training path "
         "(annotations joined by id, {loader_workers} DataLoader workers) {loader_samples_per_s|1e-3}k samples/s.",
     ),
+    # Benchmarks: kernels
+    (
+        README,
+        "bench_kernels.json",
+        "1M × 1280 fp16 in chunks of {chunk_rows} rows, {torch_threads} threads.",
+    ),
+    (README, "bench_kernels.json", "a memcpy of the same rows ran at {copy_gb_per_s} GB/s in+out."),
+    (README, "bench_kernels.json", "baselines ran on the first {baseline_rows} rows"),
+    (
+        README,
+        "bench_kernels.json",
+        "(load average {load_average_before.0} before it, {load_average_after.0} after: the JSON's `note`)",
+    ),
+    (README, "bench_kernels.json", "`realign_apply` timings by ±{kernels.realign_apply.fused.spread|100} % around"),
+    (
+        README,
+        "align.json",
+        "Inside `align`, passes 1–2 read {table.step=align: pass 1 image.GB/s}–"
+        "{table.step=align: pass 2 centroid.GB/s} GB/s of fp16 input",
+    ),
+    (
+        README,
+        "bench_kernels.json",
+        "| `normalize_rows` | torch | {kernels.normalize_rows.fused.gb_per_s_in_out} "
+        "| {kernels.normalize_rows.fused.ns_per_value} | | | {kernels.normalize_rows.eager.ns_per_value} "
+        "| {kernels.normalize_rows.speedup_vs_eager}× | | |",
+    ),
     # Benchmarks: diagnose
     (
         README,
@@ -173,6 +241,61 @@ FIGURES: list[tuple[str, str, str]] = [
         "{baseline.wall_s} s and {baseline.rss_mb|1e-3} GB. The centroid gap ({baseline.centroid_gap}) and RMG "
         "({baseline.rmg}) equal the independent computation.",
     ),
+    # revision/align/README.md: methods (the table itself: test_align_method_table_is_its_json)
+    (
+        ALIGN,
+        "align-methods.json",
+        "cones with a real gap of {table.data=cones&method=none.gap};",
+    ),
+    (
+        ALIGN,
+        "align-methods.json",
+        "(keep {table.data=cones&method=realign.keep} on cones, {table.data=shapes&method=realign.keep} on shapes)."
+        " Right when the text is to stand in for images (ReVision training) and text semantics must survive. It "
+        "leaves neighbourhoods modality-pure (mix {table.data=cones&method=realign.mix} and "
+        "{table.data=shapes&method=realign.mix})",
+    ),
+    (
+        ALIGN,
+        "align-methods.json",
+        "(cov_err {table.data=cones&method=realign-ot.cov_err} and {table.data=shapes&method=realign-ot.cov_err}, "
+        "mix {table.data=cones&method=realign-ot.mix} and {table.data=shapes&method=realign-ot.mix} ≈ fully mixed). "
+        "The price: when the covariance shapes differ, the map re-weights directions, so a text row's text "
+        "neighbours change (keep {table.data=cones&method=realign-ot.keep} and "
+        "{table.data=shapes&method=realign-ot.keep}).",
+    ),
+    (
+        ALIGN,
+        "align-methods.json",
+        "(measured on cones: α = {table.data=cones&method=realign-ot shrunk.shrinkage} → cov_err "
+        "{table.data=cones&method=realign-ot shrunk.cov_err}, mix {table.data=cones&method=realign-ot shrunk.mix}, "
+        "keep {table.data=cones&method=realign-ot shrunk.keep}, the table's",
+    ),
+    (
+        ALIGN,
+        "align-methods.json",
+        "but does not match the spread (trace {table.data=cones&method=gap-shift.trace} on cones)",
+    ),
+    (ALIGN, "align-methods.json", "the gap to the image centroid stays ({table.data=cones&method=mean-shift.gap})"),
+    (
+        ALIGN,
+        "align-methods.json",
+        "They do not close the gap ({table.data=cones&method=c3.gap} / {table.data=cones&method=capdec.gap} on cones) "
+        "and destroy neighbourhoods (keep {table.data=shapes&method=c3.keep}–{table.data=cones&method=c3.keep})",
+    ),
+    (
+        ALIGN,
+        "align.json",
+        "passes 1–2 read fp16 at {table.step=align: pass 1 image.GB/s}–{table.step=align: pass 2 centroid.GB/s} GB/s "
+        "on 2 cores (`bench/results/align.json`, the fastest of its 1M-row runs)",
+    ),
+    # Benchmarks: demo (the table itself: test_demo_table_is_its_json)
+    (
+        README,
+        "demo.json",
+        "The whole demo took {wall_s} s on the 2 cores (after the install; other jobs shared them, load average "
+        "{load_average_before.0} before the run), at {peak_rss_mb} MB peak RSS.",
+    ),
     # Benchmarks: embed
     (
         README,
@@ -181,6 +304,19 @@ FIGURES: list[tuple[str, str, str]] = [
         "texts/s, {results.modality=image.speedup}× and {results.modality=text.speedup}× a one-item-at-a-time loop.",
     ),
 ]
+
+# The kernel table's rows for the C kernels: path, then each variant's ns/value and its ratio.
+for _op, _label in (("row_stats", 1), ("realign_centroid", 2), ("realign_apply", 3)):
+    _k = f"kernels.{_op}"
+    FIGURES.append(
+        (
+            README,
+            "bench_kernels.json",
+            f"| `{_op}` (pass {_label}) | C | {{{_k}.fused.gb_per_s_in_out}} | {{{_k}.fused.ns_per_value}} "
+            + " ".join(f"| {{{_k}.{v}.ns_per_value}} | {{{_k}.speedup_vs_{v}}}×" for v in ("torch", "eager", "compile"))
+            + " |",
+        )
+    )
 
 NUMBER = r"([0-9][0-9,]*(?:\.[0-9]+)?)"
 PLACEHOLDER = re.compile(r"\{([^{}|]+)(?:\|([0-9.e+-]+))?\}")
@@ -197,9 +333,9 @@ def _load(name: str) -> dict[str, Any]:
 def field(doc: Any, path: str) -> Any:
     for part in path.split("."):
         if "=" in part and isinstance(doc, list):
-            key, value = part.split("=", 1)
-            found = [item for item in doc if str(item.get(key)) == value]
-            assert len(found) == 1, f"{path}: {len(found)} list items with {key} = {value!r}"
+            wanted = dict(cond.split("=", 1) for cond in part.split("&"))
+            found = [item for item in doc if all(str(item.get(k)) == v for k, v in wanted.items())]
+            assert len(found) == 1, f"{path}: {len(found)} list items with {wanted}"
             doc = found[0]
         elif isinstance(doc, list):
             doc = doc[int(part)]
@@ -240,6 +376,57 @@ def check_passage(doc: str, json_name: str, passage: str) -> None:
 )
 def test_figure_equals_its_json_field(doc: str, json_name: str, passage: str) -> None:
     check_passage(doc, json_name, passage)
+
+
+METHOD_COLUMNS = ("gap", "trace", "cov_err", "mix", "keep")
+
+
+def test_align_method_table_is_its_json() -> None:
+    rows = {(r["data"], r["method"]): r for r in _load("align-methods.json")["table"]}
+    shown = 0
+    for line in (ROOT / ALIGN).read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 + len(METHOD_COLUMNS) or (cells[0], cells[1]) not in rows:
+            continue
+        shown += 1
+        row = rows[cells[0], cells[1]]
+        for key, cell in zip(METHOD_COLUMNS, cells[2:], strict=True):
+            assert matches(cell, row[key]), (
+                f"{ALIGN}: {cells[0]}/{cells[1]} {key} {cell} but the JSON has {row[key]:.6g}"
+            )
+    assert shown >= 11, f"{ALIGN}: only {shown} method rows found"
+
+
+DEMO_ROWS = {
+    "centroid gap": "centroid_gap",
+    "trace ratio text/image": "trace_ratio",
+    "relative modality gap (0.5 = none)": "rmg",
+    "linear separability (0.5 = none)": "linear_separability",
+    "k-NN mixing (ideal 0.50)": "knn_mixing",
+    "recall@1 text→image (5,000 pairs)": "recall_at_1_t2i",
+    "recall@1 image→text": "recall_at_1_i2t",
+}
+
+
+def test_demo_table_is_its_json() -> None:
+    metrics = _load("demo.json")["metrics"]
+    lines = (ROOT / README).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| metric | raw |"))
+    columns = [c.strip() for c in lines[start].strip().strip("|").split("|")][1:]
+    assert set(columns) <= set(metrics), f"demo columns {columns} vs demo.json entries {sorted(metrics)}"
+    seen = set()
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        label, *cells = (c.strip() for c in line.strip().strip("|").split("|"))
+        key = DEMO_ROWS[label]
+        seen.add(key)
+        for column, cell in zip(columns, cells, strict=True):
+            value = metrics[column][key]
+            assert matches(cell, value), f"{README}: demo {label} / {column} {cell} but demo.json has {value:.6g}"
+    assert seen == set(DEMO_ROWS.values())
+    for column in columns:
+        assert matches("0.50", metrics[column]["knn_mixing_ideal"]), column
 
 
 HEADING = re.compile(
