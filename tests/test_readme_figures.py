@@ -75,6 +75,7 @@ FIGURES: list[tuple[str, str, str]] = [
         "the demo)",
     ),
     # Benchmarks: store
+    (README, "store.json", "reference machine: {machine.cpus} CPU cores, {machine.memory_gb} GiB, no GPU."),
     (
         README,
         "store.json",
