@@ -1,21 +1,17 @@
-"""Benchmark of the per-chunk kernels: throughput against a copy of the same bytes, timed in the same run.
+"""Benchmark of the per-chunk kernels against a copy of the same rows, timed in turn in the same run.
 
-On CUDA: each Triton kernel, torch eager and torch.compile versions of the same math, and a
-device-to-device copy of the same bytes; reported as GB/s and as a fraction of the copy
-bandwidth (target: fused kernels ≥ 0.8 of it, ≥ 3× eager). On CPU: the production path (what the dispatch
-runs: the C kernels of row_stats / realign_centroid / realign_apply when built, the fused torch path
-otherwise), the fused torch path beside the C kernels, the straightforward torch version of the same
-math, and a memcpy.
-
-Throughput is "GB/s in+out" for every op and for the copy alike: the bytes of the rows read plus the
-bytes written (output rows; for the statistics ops, the float64 vectors each call returns), divided by
-the median time. `ns_per_value` is the median time per input value (rows × D), whatever the op writes.
-Ratios (× torch, × eager, × compile) are ratios of time per row, so a baseline timed on the first
-`--baseline-rows` rows only (the eager versions take ~20-50 s per sweep of 1M × 1280 on 2 cores)
-compares like with like.
+Variants of each op: the production path (CUDA: Triton; CPU: the C kernels of row_stats /
+realign_centroid / realign_apply when built, else the fused torch path), the fused torch path beside
+the C kernels, torch eager and torch.compile versions of the same math, and a copy (device-to-device
+or memcpy). Throughput is "GB/s in+out" for all alike: bytes of rows read plus bytes written (output
+rows; the float64 vectors a statistics call returns), over the median time; `ns_per_value` is the
+median time per input value. Each round times every variant once, so on a shared machine they meet
+the same load; each × is the median of the rounds' ratios of time per row, which also lets the slow
+baselines run on the first `--baseline-rows` rows only.
 
     python bench/bench_kernels.py                          # small CPU run
-    python bench/bench_kernels.py --rows 1048576 --chunk-rows 65536 --baseline-rows 262144   # README's CPU table
+    python bench/bench_kernels.py --rows 1048576 --chunk-rows 65536 --baseline-rows 65536 \
+        --ops row_stats,realign_centroid,realign_apply,normalize_rows       # the README's CPU table
     python bench/bench_kernels.py --rows 8388608 --dim 1280 --chunk-rows 1048576   # the GPU size
 """
 
@@ -353,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["fraction_of_copy_bandwidth"] = fused["fraction_of_copy_bandwidth"]
         for variant in ("torch", "eager", "compile"):
             if variant in entry:
-                # The median of ratios taken round by round: each pair ran minutes apart at most.
+                # Within a round the variants ran back to back, so each round's ratio saw one load.
                 ratios = [b / a for a, b in zip(per_value["fused"], per_value[variant], strict=True)]
                 entry[f"speedup_vs_{variant}"] = statistics.median(ratios)
         results[name] = entry
