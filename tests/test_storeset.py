@@ -175,3 +175,19 @@ def test_align_reads_the_parts_of_a_torchrun_embed(tmp_path: Path, corpus: tuple
     assert main([*args, "--out", str(tmp_path / "a.zarr")]) == 0
     with FeatureStore.open(tmp_path / "a.zarr") as st:
         assert st.rows == len(x)
+
+
+def test_diagnose_reads_a_set(tmp_path: Path, corpus: tuple[np.ndarray, list[str]]) -> None:
+    x, ids = corpus
+    write_parts(tmp_path, corpus)
+    write(tmp_path / "whole.zarr", x, ids, chunk_rows=32)
+    rng = np.random.default_rng(6)
+    write(tmp_path / "image.zarr", (rng.normal(size=(150, 12)) - 0.4).astype(np.float32), [f"i{k}" for k in range(150)],
+          modality="image")  # fmt: skip
+    metrics = {}
+    for name, text in (("set", str(tmp_path / "p-*.zarr")), ("whole", str(tmp_path / "whole.zarr"))):
+        args = ["diagnose", "--text", text, "--image", str(tmp_path / "image.zarr"), "--sample", "100", "--quiet"]
+        assert main([*args, "--no-gpu", "--out", str(tmp_path / f"d-{name}")]) == 0
+        metrics[name] = json.loads((tmp_path / f"d-{name}" / "metrics.json").read_text())["raw"]
+    assert metrics["set"]["rows_text"] == metrics["whole"]["rows_text"] == len(x)
+    assert abs(metrics["set"]["centroid_gap"] - metrics["whole"]["centroid_gap"]) < 1e-9, metrics
