@@ -217,7 +217,11 @@ FIGURES: list[tuple[str, str, str]] = [
         "bench_kernels.json",
         "(load average {load_average_before.0} before it, {load_average_after.0} after: the JSON's `note`)",
     ),
-    (README, "bench_kernels.json", "`realign_apply` timings by ±{kernels.realign_apply.fused.spread|100} % around"),
+    (
+        README,
+        "bench_kernels.json",
+        "`realign_centroid` timings by ±{kernels.realign_centroid.fused.spread|100} % around",
+    ),
     (
         README,
         "align.json",
