@@ -160,3 +160,21 @@ def test_apply_resumes_after_sigint_before_its_first_commit(world: dict[str, obj
     assert _tree(clean) == want
     doc = json.loads((clean / "zarr.json").read_text())
     assert doc["attributes"]["revision"]["progress"]["done"] is True
+
+
+def test_eio_on_an_ids_shard_in_pass3_commits_nothing_unwritten_and_rerun_equals_clean(
+    world: dict[str, object], tmp_path: Path
+) -> None:
+    """Issue 11 defect 2: the write-behind queue ran on after a failed ids write and committed."""
+    out = tmp_path / "clean.zarr"
+    args = [*world["args"], "--out", str(out)]  # type: ignore[misc]
+    rc, _, err = _run(args, {"REVISION_FAULT": "eio@2", "REVISION_FAULT_MATCH": "clean.zarr/ids/c/"})
+    assert rc == 2 and "write failed" in err and "Traceback" not in err, err
+    st = FeatureStore.open(out)
+    assert st.rows < 120
+    ids = st.read_ids()  # every committed row's id is readable: nothing committed names a missing file
+    assert len(ids) == st.rows
+    assert st.progress is not None and not st.progress.get("done")
+    rc, _, err = _run(args)
+    assert rc == 0, err
+    assert _tree(out) == world["clean"]
