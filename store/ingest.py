@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import make_dirs
-from .config import ConfigError, StoreConfig, canonical_dtype
+from .config import DTYPES, ConfigError, StoreConfig, auto_chunk_rows, canonical_dtype
 from .errors import UserError
 from .idcheck import ID_HASH
 from .ingest_job import IngestJob, IngestSummary
@@ -73,6 +73,19 @@ def job_key(source: Source, options: dict[str, Any]) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()[:32]
 
 
+def _small_input_chunk_rows(source: Source, store_dtype: str) -> int | None:
+    """Chunks no larger than a small input needs (a 1-row store padded to a 4 MiB chunk is waste).
+
+    None (the automatic ~4 MiB chunks) unless the input is known to hold fewer rows than that.
+    """
+    if not source.rows_estimate:
+        return None
+    auto = auto_chunk_rows(source.dim, DTYPES[store_dtype][0].itemsize)
+    if source.rows_estimate >= auto:
+        return None
+    return 1 << max(0, (source.rows_estimate - 1).bit_length())
+
+
 def _store_dtype(source: Source, dtype: str | None) -> str:
     if dtype is not None:
         try:
@@ -113,6 +126,10 @@ def ingest(
     source = open_source(fmt, src, modality, id_column=id_column, embedding_column=embedding_column)
     try:
         store_dtype = _store_dtype(source, dtype)
+        if chunk_rows is None:
+            chunk_rows = _small_input_chunk_rows(source, store_dtype)
+            if chunk_rows is not None and chunks_per_shard is None:
+                chunks_per_shard = 1  # the whole input fits one chunk: one shard file, a 16-byte index
         try:
             cfg = StoreConfig(
                 modality=source.modality,

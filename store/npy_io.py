@@ -157,6 +157,7 @@ class NpySource(Source):
         elif id_column is not None:
             raise UserError(f"--id-column {id_column!r}: {path} has no metadata parquet to take ids from")
         super().__init__(
+            rows_estimate=int(self._offsets[-1]),
             fmt="npy",
             path=path,
             files=vec_paths,

@@ -329,6 +329,7 @@ class ParquetSource(Source):
         if self._offsets[-1] == 0:
             raise UserError(f"{path}: empty input: no rows")
         super().__init__(
+            rows_estimate=sum(int(pf.metadata.num_rows) for pf in self._pfs),
             fmt="parquet",
             path=path,
             files=files,

@@ -163,6 +163,8 @@ class PickleSource(Source):
         src_dtype = max(widths, key=lambda d: d.itemsize)
         columns = {k: infer_column_kind(r[k] for _, r in alike) for k in keys if k not in ("id", "embed")}
         super().__init__(
+            # The first file's records times the files: reference pickles are written in equal parts.
+            rows_estimate=len(records) * len(files),
             fmt="reference-pkl",
             path=Path(src),
             files=files,

@@ -70,6 +70,8 @@ class Source(ABC):
     """Every file whose content the result depends on (the job key hashes their names and sizes)."""
     layout_attrs: dict[str, Any] = field(default_factory=dict)
     """What export needs to restore the input layout (e.g. the reference's dict key order)."""
+    rows_estimate: int | None = None
+    """About how many rows the input holds, when that is cheap to know (sizes a small store's chunks)."""
 
     @abstractmethod
     def batches(self, file_index: int, start_item: int, batch_rows: int) -> Iterator[Batch]:
