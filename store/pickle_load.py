@@ -72,6 +72,12 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+#: Files (by identity) whose trial load passed in this process: the passes of align-pkl read each
+#: pickle several times, and a file that is provably unchanged needs no second trial.
+_TRIED: set[tuple[int, ...]] = set()
+_TRIED_MAX = 1 << 16
+
+
 def load_pickle_restricted(path: str | os.PathLike[str], *, time_limit: float | None = None) -> Any:
     """Unpickle `path` with the restricted unpickler, after a trial load in a child process.
 
@@ -85,7 +91,7 @@ def load_pickle_restricted(path: str | os.PathLike[str], *, time_limit: float | 
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         before = _identity(os.fstat(fd))
-        if hasattr(os, "fork"):
+        if hasattr(os, "fork") and before not in _TRIED:
             limit = default_time_limit(before[2]) if time_limit is None else time_limit
             _trial_load(path, fd, limit)
         os.lseek(fd, 0, os.SEEK_SET)
@@ -96,6 +102,8 @@ def load_pickle_restricted(path: str | os.PathLike[str], *, time_limit: float | 
                 raise UserError(_errors_as_message(path, exc)) from None
         if _identity(os.fstat(fd)) != before:
             raise UserError(f"{path}: the file changed while it was being read; try again")
+        if len(_TRIED) < _TRIED_MAX:
+            _TRIED.add(before)
         return obj
     finally:
         os.close(fd)
