@@ -112,6 +112,9 @@ def prepare(cfg: TrainConfig, transform: Transform | None = None) -> Run:
         if created:
             shutil.rmtree(cfg.out, ignore_errors=True)
         raise
+    # Under the lock, what a killed run left half-written is ours to remove (as a store's writer does).
+    for stale in [*cfg.out.glob(".*.tmp-*"), *cfg.out.glob(".*.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     try:
         run = _prepare(cfg, transform)
     except BaseException:
