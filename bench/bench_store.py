@@ -181,7 +181,8 @@ def main() -> None:
     ap.add_argument(
         "--only-durability",
         action="store_true",
-        help="measure only the cost of durable commits (ingest at --rows), into the results file's 'durability'",
+        help="measure only the cost of durable commits (ingest at --rows; default output "
+        "bench/results/store-durability.json)",
     )
     ap.add_argument("--_measure", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -191,12 +192,11 @@ def main() -> None:
     if args.only_durability:
         work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_store_"))
         inputs = make_inputs(work, args.rows, args.dim)
+        load_before = os.getloadavg()
         cost = durability_cost(work, inputs["npy"], args.repeats)
-        out_path = args.json_out or (Path(__file__).resolve().parent / "results" / "store.json")
-        doc = json.loads(out_path.read_text()) if out_path.exists() else {}
-        doc["durability"] = {**cost, "dim": args.dim, "command": " ".join(sys.argv)}
-        out_path.write_text(json.dumps(doc, indent=2, default=float) + "\n")
-        print(json.dumps(doc["durability"], indent=1))
+        payload = {**cost, "dim": args.dim, "load_average_before": load_before, "load_average_after": os.getloadavg()}
+        out = write_results("store-durability", payload, args.json_out)
+        print(json.dumps(payload, indent=1), f"\nwrote {out}")
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
         return
