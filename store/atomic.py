@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -127,6 +128,24 @@ def atomic_write_bytes(path: Path, data: bytes | Iterable[bytes], *, durable: bo
         for part in parts:
             faults.point("write", path)
             fh.write(part)
+
+
+def replace_dir(src: Path, dest: Path, *, durable: bool | None = None) -> None:
+    """Rename the finished directory `src` to `dest`, replacing an old `dest` only now that `src` is complete.
+
+    The old directory is moved aside, the new one renamed in, the parent fsynced (with durability),
+    then the old one removed. Raises the OSError of a failed rename (callers name the file).
+    """
+    faults.point("rename", dest)
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    had_old = dest.exists()
+    if had_old:
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if resolve_durable(durable):
+        fsync_dir(dest.parent)
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _unlink_quietly(p: Path) -> None:

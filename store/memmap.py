@@ -17,14 +17,13 @@ directory records a checkpoint, so an interrupted export resumes instead of star
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from revision.store import faults
-from revision.store.atomic import atomic_write_bytes, fsync_dir, make_dirs, resolve_durable, write_error
+from revision.store.atomic import atomic_write_bytes, make_dirs, replace_dir, resolve_durable, write_error
 from revision.store.featurestore import FeatureStore, StoreError
 from revision.store.idindex import DEFAULT_HASH, HashFn, IdIndexBuilder, hash_id_bytes
 from revision.store.lock import WriterLock
@@ -122,7 +121,7 @@ def _export(
         (work / PROGRESS_NAME).unlink(missing_ok=True)  # absent when the store has no rows
         # The header is written last (durably): its presence marks a complete export.
         atomic_write_bytes(work / HEADER_NAME, (json.dumps(header, indent=2) + "\n").encode())
-        _swap_into_place(work, dest)
+        replace_dir(work, dest)
     return header
 
 
@@ -213,20 +212,6 @@ def _write(
         "alignment": attrs.get("alignment"),
         "attrs": attrs,
     }
-
-
-def _swap_into_place(work: Path, dest: Path) -> None:
-    """Rename the finished directory to `dest`, replacing an old export only once the new one is complete."""
-    faults.point("rename", dest)
-    if not dest.exists():
-        os.replace(work, dest)
-    else:
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-        os.replace(dest, old)
-        os.replace(work, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    if resolve_durable(None):
-        fsync_dir(dest.parent)
 
 
 def read_header(path: str | Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from revision.store import faults
-from revision.store.atomic import atomic_file, fsync_dir, resolve_durable, write_error
+from revision.store.atomic import atomic_file, fsync_dir, replace_dir, resolve_durable, write_error
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -49,19 +49,12 @@ def atomic_dir(dest: Path, write: Callable[[Path], None]) -> None:
                     faults.point("fsync", f)
                     os.fsync(fh.fileno())
             fsync_dir(tmp)
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        faults.point("rename", dest)
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if resolve_durable(None):
-            fsync_dir(dest.parent)
+        replace_dir(tmp, dest)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
             raise write_error(dest, exc) from None
         raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def rng_state() -> dict[str, Any]:
