@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -39,10 +40,12 @@ __all__ = [
     "Scene",
     "all_scenes",
     "canonical_caption",
+    "item_seed",
     "caption",
     "parse_caption",
     "render",
     "sample_scenes",
+    "vocabulary",
     "write_split",
 ]
 
@@ -211,6 +214,9 @@ def _full_phrasings(s: Scene) -> list[str]:
 FULL_PHRASINGS = len(_full_phrasings(Scene("one", "small", "red", "circle", "center")))
 
 
+_ALT_PREFIXES = ("", "a picture of ", "photo : ")
+
+
 def _partial(s: Scene, keep: set[str], rng: np.random.Generator) -> str:
     # Alt-text builds one noun phrase from what it keeps; a dropped shape becomes a generic noun.
     words: list[str] = []
@@ -224,7 +230,7 @@ def _partial(s: Scene, keep: set[str], rng: np.random.Generator) -> str:
     phrase = " ".join(words)
     if "position" in keep:
         phrase += " " + _POSITION_PHRASE[s.position]
-    prefix = ("", "a picture of ", "photo : ")[int(rng.integers(0, 3))]
+    prefix = _ALT_PREFIXES[int(rng.integers(0, len(_ALT_PREFIXES)))]
     return prefix + phrase
 
 
@@ -282,7 +288,8 @@ def parse_caption(text: str) -> dict[str, str | None]:
 # --- splits on disk ----------------------------------------------------------------------------
 
 
-def _item_seed(seed: int, i: int) -> int:
+def item_seed(seed: int, i: int) -> int:
+    """The seed of item `i` of a split written with `seed` (its render jitter and its caption draw)."""
     # One independent stream per item, so item i's image and caption do not depend on the split size.
     return int(np.random.SeedSequence([seed, i, 0x5B17]).generate_state(1)[0])
 
@@ -320,13 +327,13 @@ def write_split(
         with open(tmp / "truth.jsonl", "w", encoding="utf-8") as truth:
             for i, scene in enumerate(scenes):
                 ident = f"{name}-{i:06d}"
-                item_seed = _item_seed(seed, i)
+                s_i = item_seed(seed, i)
                 if images:
                     rel = f"images/{ident}.png"
-                    render(scene, item_seed, px).save(tmp / rel, format="PNG", compress_level=1)
+                    render(scene, s_i, px).save(tmp / rel, format="PNG", compress_level=1)
                     image_rows.append({"id": ident, "image": rel})
                 if texts:
-                    rng = np.random.default_rng(item_seed)
+                    rng = np.random.default_rng(s_i)
                     partial = bool(rng.random() < partial_rate)
                     text_rows.append({"id": ident, "text": caption(scene, rng, partial=partial)})
                 truth.write(json.dumps({"id": ident, "caption": canonical_caption(scene), **scene.attributes()}) + "\n")
@@ -339,6 +346,13 @@ def write_split(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / name / "dataset.json"
+
+
+def vocabulary() -> list[str]:
+    """Every word and punctuation token any caption of this world can hold, sorted (for tokenizers)."""
+    texts = [p for s in all_scenes() for p in _full_phrasings(s)]
+    texts += [*_ALT_PREFIXES, "shape shapes"]
+    return sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t)})
 
 
 def all_scenes() -> list[Scene]:
