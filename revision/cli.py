@@ -37,6 +37,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("export", "export", "write a feature store to another format"),
     Command("train", "train", "train a projector + causal LM on feature rows (ReVision)"),
     Command("caption", "caption", "generate text from feature rows with a trained run"),
+    Command(
+        "experiment",
+        "experiment",
+        "train captioners on aligned text and score them on real images (the offline ReVision test)",
+    ),
     Command("bench", "bench", "run a benchmark script"),
 )
 

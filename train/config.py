@@ -69,6 +69,9 @@ class TrainConfig:
     """DeepSpeed JSON config (--deepspeed): ZeRO-2/3 engine instead of the plain loop."""
     align_stats: Path | None = None
     """Alignment stats applied to the rows at collate time (--align-stats)."""
+    feature_noise: float = 0.0
+    """Std of the Gaussian noise added to each feature coordinate at collate time, after --align-stats,
+    without renormalising (--feature-noise; C3/CapDec-style); 0: none."""
     num_workers: int = 0
     """DataLoader worker processes (--workers)."""
     log_every: int = 1
@@ -93,6 +96,8 @@ class TrainConfig:
         ):
             if value < low:
                 raise DataError(f"{flag} must be >= {low}, got {value}")
+        if not (self.feature_noise >= 0 and self.feature_noise != float("inf")):
+            raise DataError(f"--feature-noise must be a finite number >= 0, got {self.feature_noise}")
         if not self.lr > 0:
             raise DataError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
@@ -116,4 +121,8 @@ class TrainConfig:
 
     def resume_key(self) -> dict[str, Any]:
         """The settings a resumed run must share with the one it continues."""
-        return {k: v for k, v in self.to_json().items() if k not in RESUME_FREE}
+        key = {k: v for k, v in self.to_json().items() if k not in RESUME_FREE}
+        if not key["feature_noise"]:
+            # Runs written before --feature-noise existed have no such key: without noise they still resume.
+            del key["feature_noise"]
+        return key

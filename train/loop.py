@@ -39,6 +39,7 @@ from revision.train.loader import LoaderConfig, make_loader
 from revision.train.model import VisionLM, build_projector, choose_attention, load_llm
 from revision.train.runfiles import RUN_JSON, load_projector, save_outputs
 from revision.train.template import Template
+from revision.train.transform import FeatureNoise
 
 METRICS = "metrics.jsonl"
 
@@ -46,10 +47,13 @@ METRICS = "metrics.jsonl"
 class TextCollate:
     """Adds input_ids / attention_mask / labels to a FeatureCollate batch (runs in the workers)."""
 
-    def __init__(self, template: Template) -> None:
+    def __init__(self, template: Template, noise: FeatureNoise | None = None) -> None:
         self.template = template
+        self.noise = noise
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.noise is not None:
+            batch = {**batch, "embeds": self.noise(batch["embeds"], batch["rows"])}
         pairs = zip(batch["caption"], batch["conversations"], strict=True)
         recs = [{"caption": c, "conversations": v} for c, v in pairs]
         encoded = [self.template.encode(r, f"id {i!r}") for r, i in zip(recs, batch["ids"], strict=True)]
@@ -249,7 +253,6 @@ def _loop(
 ) -> None:
     cfg, model = run.cfg, run.model
     model.train()
-    post = TextCollate(run.template)
     bar = tqdm(total=total, initial=step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
     losses: list[float] = []
     t0, seen = time.perf_counter(), 0
@@ -257,6 +260,8 @@ def _loop(
         while step < total:
             micro = step * cfg.grad_accum + len(losses)
             epoch, within = divmod(micro, per_epoch)
+            noise = FeatureNoise(cfg.feature_noise, cfg.seed, epoch) if cfg.feature_noise else None
+            post = TextCollate(run.template, noise)
             loader = make_loader(run.dataset, lcfg, transform=transform, epoch=epoch, start_step=within, post=post)
             for batch in loader:
                 loss = engine.loss(batch)

@@ -96,3 +96,29 @@ class RealignTransform:
         return realign_apply(
             embeds, self.mu_t.to(dev), self.mu_i.to(dev), scale, self.mu_hat.to(dev), out_dtype=self.out_dtype
         )
+
+
+@dataclass(frozen=True)
+class FeatureNoise:
+    """Train-time Gaussian noise on the features, as C3 and CapDec train on text: x + N(0, sigma² I).
+
+    No renormalisation (CapDec adds the noise to the unit text embedding and feeds the sum as is).
+    A row's noise depends only on (seed, epoch, row): the same whatever the batching, the workers or
+    a resume, and fresh each epoch, so the model never sees one fixed perturbation of a row twice.
+    """
+
+    sigma: float
+    seed: int
+    epoch: int
+
+    def __call__(self, embeds: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.sigma == 0:
+            return embeds
+        noise = torch.empty(embeds.shape, dtype=torch.float32)
+        gen = torch.Generator()
+        for k, row in enumerate(rows.tolist()):
+            # One stream per (seed, epoch, row); 0x4E015E keeps it apart from the other seeded draws.
+            stream = np.random.SeedSequence([self.seed, self.epoch, int(row), 0x4E015E])
+            gen.manual_seed(int(stream.generate_state(1)[0]))
+            noise[k] = torch.randn(embeds.shape[1], generator=gen)
+        return (embeds.float() + self.sigma * noise.to(embeds.device)).to(embeds.dtype)

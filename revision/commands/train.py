@@ -50,6 +50,12 @@ def _flags(p: argparse.ArgumentParser, stage: str) -> None:
         p.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (needs peft); 0: full")
     p.add_argument("--deepspeed", type=Path, help="DeepSpeed JSON config (ZeRO-2/3); default: plain torch loop")
     p.add_argument("--align-stats", type=Path, help="apply these ReAlign stats to the rows at collate time")
+    p.add_argument(
+        "--feature-noise",
+        type=float,
+        default=0.0,
+        help="std of Gaussian noise added to each feature coordinate while training (C3/CapDec; default 0: none)",
+    )
     p.add_argument("--on-missing", choices=("error", "skip"), default="error", help="ids absent from --features")
     p.add_argument("--max-length", type=int, default=512, help="text tokens per sample at most (default 512)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         deepspeed=args.deepspeed,
         align_stats=args.align_stats,
+        feature_noise=args.feature_noise,
         num_workers=args.workers,
         log_every=args.log_every,
         progress=not args.json and not os.environ.get("REVISION_NO_PROGRESS"),
