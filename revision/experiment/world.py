@@ -339,7 +339,7 @@ def write_split(
                 truth.write(json.dumps({"id": ident, "caption": canonical_caption(scene), **scene.attributes()}) + "\n")
         (tmp / "dataset.json").write_text(json.dumps({"images": image_rows, "texts": text_rows}, indent=0))
         os.chmod(tmp, 0o755)
-        from store.atomic import replace_dir
+        from revision.store.atomic import replace_dir
 
         replace_dir(tmp, out / name)
     except BaseException:
