@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import torch
-
 from revision.errors import UserError
 
 T = TypeVar("T")
@@ -74,6 +72,8 @@ def backend() -> str:
     forced = os.environ.get("REVISION_DIST_BACKEND")
     if forced:
         return forced
+    import torch  # here, not at the top: a one-process diagnose never loads torch (~1 s, ~250 MB)
+
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
@@ -84,6 +84,8 @@ def _group() -> Any:
         w = world()
         name = backend()
         if name == "nccl":
+            import torch
+
             torch.cuda.set_device(w.local_rank)
         timeout = timedelta(seconds=_env_int(_TIMEOUT_ENV, _DEFAULT_TIMEOUT_S))
         tdist.init_process_group(name, rank=w.rank, world_size=w.size, timeout=timeout)
@@ -145,6 +147,41 @@ def gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * w.size
     tdist.all_gather_object(out, obj)
     return out
+
+
+def gather_to_root(obj: Any) -> list[Any] | None:
+    """`obj` of every rank, in rank order, on rank 0 only (None on the others; a list of one outside
+    torchrun). For large payloads only rank 0 needs, such as sampled rows: `gather` would copy them
+    to every rank."""
+    w = world()
+    if not w.distributed:
+        return [obj]
+    tdist = _group()
+    out: list[Any] | None = [None] * w.size if w.rank == 0 else None
+    tdist.gather_object(obj, out, dst=0)
+    return out
+
+
+def on_root(fn: Callable[[], T]) -> T:
+    """`fn()` run on rank 0 only, its result given to every rank (just `fn()` outside torchrun).
+
+    A UserError raised by `fn` on rank 0 is raised on every rank with the same message, so the job
+    ends with the one-line error and exit status 2, not with ranks waiting for rank 0 to answer.
+    """
+    w = world()
+    if not w.distributed:
+        return fn()
+    box: list[Any] = [None]
+    if w.rank == 0:
+        try:
+            box[0] = ("ok", fn())
+        except UserError as exc:
+            box[0] = ("error", str(exc))
+    _group().broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise UserError(value)
+    return value  # type: ignore[no-any-return]
 
 
 def all_ranks(flag: bool) -> bool:

@@ -15,9 +15,12 @@ _EPILOG = """\
 example:
   revision diagnose --text text.zarr --image image.zarr --aligned aligned.zarr --pairs --out diag/
   revision diagnose --text t.zarr --image i.zarr --aligned realign=a.zarr c3=c.zarr --sample 20000 --out diag/
+  torchrun --nproc-per-node 4 -m revision diagnose --text 'text-*.zarr' --image image.zarr --out diag/
 
 Writes DIR/metrics.json ({"raw": {...}, "aligned": {...}}) and DIR/report.html (self-contained),
-and prints the metrics table."""
+and prints the metrics table. Under torchrun the ranks stream disjoint runs of chunks and read
+their own sampled rows; rank 0 computes the sampled metrics and writes; the metrics equal a
+one-process run's (see docs/scaling.md, "Distributed diagnose")."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -75,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="store_true",
         help="covariance spectrum over all rows (a D×D float64 matrix, O(rows·D²) time); default: from the sample",
     )
+    p.add_argument(
+        "--block-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rows per streamed block (default: ~16 MiB of the store's chunks); memory is a few blocks",
+    )
     p.add_argument("--no-gpu", action="store_true", help="never use a FAISS GPU index")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
@@ -98,6 +108,18 @@ def _aligned(specs: list[str] | None) -> dict[str, str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from revision import dist
+
+    try:
+        return _run(args)
+    finally:
+        # Under torchrun: a process group left to the interpreter's exit can abort in gloo's threads.
+        # (Outside torchrun nothing was made, and torch stays unloaded.)
+        if dist.world().distributed:
+            dist.shutdown()
+
+
+def _run(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out}: exists and is not a folder")
     aligned = _aligned(args.aligned)
@@ -110,14 +132,22 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.exact_limit < 1:
         raise UserError(f"--exact-limit {args.exact_limit}: must be at least 1")
+    if args.block_rows is not None and args.block_rows < 1:
+        raise UserError(f"--block-rows {args.block_rows}: must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be at least 1")
+    from revision import dist
     from revision.diagnose import write_outputs
     from revision.diagnose.pipeline import run_diagnosis
     from revision.diagnose.report import text_table
     from revision.store import open_readable
 
-    log = None if args.quiet else (lambda msg: print(f"revision diagnose: {msg}", file=sys.stderr))
+    # Under torchrun rank 0 speaks for the job (every rank would print each message).
+    log = (
+        None
+        if args.quiet or dist.world().rank != 0
+        else (lambda msg: print(f"revision diagnose: {msg}", file=sys.stderr))
+    )
     with ExitStack() as opened:
         # Store sets (globs, directories of parts) are opened here; the pipeline reads them like stores.
         def source(flag: str, spec: str) -> Any:
@@ -127,8 +157,11 @@ def run(args: argparse.Namespace) -> int:
         result = run_diagnosis(
             source("--text", args.text), source("--image", args.image), aligned=named, sample=args.sample,
             k=args.k, seed=args.seed, pairs=args.pairs, pairs_file=args.pairs_file, gpu=not args.no_gpu,
-            threads=args.threads, full_spectrum=args.full_spectrum, exact_limit=args.exact_limit, log=log,
+            threads=args.threads, full_spectrum=args.full_spectrum, exact_limit=args.exact_limit,
+            block_rows=args.block_rows, log=log,
         )  # fmt: skip
+    if not result.root:
+        return 0  # under torchrun rank 0 computes the sampled metrics and writes the outputs
     metrics_path, report_path = write_outputs(result, args.out)
     print(text_table(result.metrics))
     print(f"\nmetrics: {metrics_path}\nreport:  {report_path}")

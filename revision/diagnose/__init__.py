@@ -44,8 +44,14 @@ __all__ = ["DEFAULT_SAMPLE", "ArraySource", "Diagnosis", "VectorSource", "diagno
 
 
 def write_outputs(result: Diagnosis, out: str | Path) -> tuple[Path, Path]:
-    """Write metrics.json and report.html into `out` (created if needed); returns both paths."""
+    """Write metrics.json and report.html into `out` (created if needed); returns both paths.
+
+    Only rank 0 of a torchrun job holds the metrics; calling this elsewhere is a ValueError.
+    """
     from revision.diagnose.report import render_html
+
+    if not result.root:
+        raise ValueError("write_outputs: this Diagnosis is from a rank other than 0 and holds no metrics")
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -86,12 +92,14 @@ def diagnose(
     full_spectrum: accumulate the D×D covariance over all rows in the stream (slower: O(N·D²));
         by default the spectrum comes from the samples.
     log: a callable taking progress messages (e.g. print), or None.
+    Under torchrun every rank calls this; the metrics (and the files) come back on rank 0 only,
+    the other ranks get {}.
     Raises revision.errors.UserError on bad input.
     """
     result = run_diagnosis(
         text, image, aligned=aligned, sample=sample, k=k, seed=seed, pairs=pairs,
         pairs_file=pairs_file, gpu=gpu, threads=threads, full_spectrum=full_spectrum, log=log,
     )  # fmt: skip
-    if out is not None:
+    if out is not None and result.root:
         write_outputs(result, out)
     return result.metrics

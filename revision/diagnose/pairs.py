@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from revision import dist
 from revision.diagnose.sources import VectorSource, sample_indices
 from revision.errors import UserError
 
@@ -42,27 +43,13 @@ class PairSet:
 
 
 def _ids_equal_in_order(text: VectorSource, image: VectorSource) -> bool:
+    """Whether both stores hold the same ids in the same order; under torchrun each rank compares
+    its own share of the id blocks and the answer is every rank's."""
     if text.rows != image.rows:
         return False
-    it_t = _flat_ids(text)
-    it_i = _flat_ids(image)
-    return all(len(a) == len(b) and np.array_equal(a, b) for a, b in zip(it_t, it_i, strict=False))
-
-
-def _flat_ids(src: VectorSource) -> Iterator[np.ndarray]:
-    """Id blocks of a fixed size, whatever block size the store prefers."""
-    pending: list[np.ndarray] = []
-    count = 0
-    for _, block in src.iter_ids(block_rows=_ID_BLOCK):
-        pending.append(np.asarray(block, dtype=object))
-        count += len(block)
-        while count >= _ID_BLOCK:
-            joined = np.concatenate(pending)
-            yield joined[:_ID_BLOCK]
-            rest = joined[_ID_BLOCK:]
-            pending, count = ([rest] if len(rest) else []), len(rest)
-    if count:
-        yield np.concatenate(pending)
+    blocks = [(lo, min(lo + _ID_BLOCK, text.rows)) for lo in range(0, text.rows, _ID_BLOCK)]
+    equal = all(np.array_equal(text.read_ids(lo, hi), image.read_ids(lo, hi)) for lo, hi in dist.share(blocks))
+    return dist.all_ranks(equal)
 
 
 def _ids_at(src: VectorSource, rows: np.ndarray) -> np.ndarray:
@@ -91,10 +78,18 @@ def _rows_of_ids(src: VectorSource, wanted: set[str]) -> dict[str, list[int]]:
 
 
 def pairs_by_ids(text: VectorSource, image: VectorSource, *, sample: int, seed: int) -> PairSet:
-    """Pair rows that carry the same id: every row when the id columns are equal, else a sample."""
+    """Pair rows that carry the same id: every row when the id columns are equal, else a sample.
+
+    Under torchrun the id columns are compared by all ranks, each its share; a sample is paired by
+    rank 0 alone (it scans the image ids once) and the pairs handed to every rank.
+    """
     if _ids_equal_in_order(text, image):
         rows = sample_indices(text.rows, min(sample, text.rows), seed)
         return PairSet("identity", rows, rows.copy(), candidates=text.rows)
+    return dist.on_root(lambda: _sampled_pairs_by_ids(text, image, sample=sample, seed=seed))
+
+
+def _sampled_pairs_by_ids(text: VectorSource, image: VectorSource, *, sample: int, seed: int) -> PairSet:
     t_rows = sample_indices(text.rows, min(sample, text.rows), seed)
     t_ids = _ids_at(text, t_rows)
     img_rows = _rows_of_ids(image, {str(i) for i in t_ids})
@@ -147,7 +142,12 @@ def _pair_batches(path: Path) -> Iterator[tuple[list[str], list[str]]]:
 
 
 def pairs_from_file(path: str | Path, text: VectorSource, image: VectorSource, *, sample: int, seed: int) -> PairSet:
-    """A seeded sample of the pairs listed in a file, resolved to rows of both stores."""
+    """A seeded sample of the pairs listed in a file, resolved to rows of both stores (under
+    torchrun by rank 0, which hands the pairs, or its error, to every rank)."""
+    return dist.on_root(lambda: _pairs_from_file(Path(path), text, image, sample=sample, seed=seed))
+
+
+def _pairs_from_file(path: Path, text: VectorSource, image: VectorSource, *, sample: int, seed: int) -> PairSet:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--pairs-file {path}: no such file")

@@ -4,6 +4,13 @@ Streamed metrics (centroid gap, traces, RMG, spectrum) read every row once; samp
 (k-NN mixing, top-1 cosines, separability, retrieval, figures) use seeded samples of
 `sample` rows per modality. The image store is streamed and sampled once and shared by every
 entry. Outputs go to `out/metrics.json` and `out/report.html`, each committed atomically.
+
+Under torchrun (`torchrun --nproc-per-node N -m revision diagnose ...`) every rank streams its own
+contiguous run of segments of each store and gets the merged sums, the bits of one process
+(streamed.py). Which rows are sampled is a function of (seed, sample size, rows) alone
+(`sample_indices`), never of the world size or the chunking; each rank reads the sampled rows inside
+its own rows and rank 0 joins them in row order, so rank 0 computes the sampled metrics from the
+same arrays as one process would, and only rank 0 has metrics (`Diagnosis.root`) and writes them.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from revision import dist
 from revision.diagnose import neighbours, sampled, streamed
 from revision.diagnose.pairs import PairSet, pairs_by_ids, pairs_from_file
-from revision.diagnose.sources import VectorSource, describe, open_source, read_unit_rows, sample_indices
+from revision.diagnose.sources import VectorSource, describe, gather_unit_rows, open_source, sample_indices
 from revision.errors import UserError
 from revision.modality import require_modality
 
@@ -53,6 +61,9 @@ class Diagnosis:
 
     metrics: dict[str, dict[str, Any]]
     figures: dict[str, EntryFigures] = field(default_factory=dict)
+    root: bool = True
+    """False on ranks other than 0 of a torchrun job: they stream and read their share of the
+    samples, rank 0 computes the sampled metrics and writes the outputs; their `metrics` is empty."""
 
 
 def _sample_size(requested: int | None, sources: Mapping[str, VectorSource]) -> dict[str, int]:
@@ -106,14 +117,16 @@ def run_diagnosis(
     gpu: bool = True,
     threads: int | None = None,
     full_spectrum: bool = False,
+    block_rows: int | None = None,
     log: Any = None,
 ) -> Diagnosis:
-    """Compute every metric; see `diagnose` for the arguments. Stores opened from paths here are
-    closed before it returns or raises."""
+    """Compute every metric; see `diagnose` for the arguments (block_rows: rows per streamed block,
+    None → each store's default). Stores opened from paths here are closed before it returns or raises."""
     with ExitStack() as owned:
         return _run_diagnosis(
             text, image, aligned=aligned, sample=sample, k=k, seed=seed, pairs=pairs, pairs_file=pairs_file,
-            exact_limit=exact_limit, gpu=gpu, threads=threads, full_spectrum=full_spectrum, log=log, owned=owned,
+            exact_limit=exact_limit, gpu=gpu, threads=threads, full_spectrum=full_spectrum, block_rows=block_rows,
+            log=log, owned=owned,
         )  # fmt: skip
 
 
@@ -145,6 +158,7 @@ def _run_diagnosis(
     gpu: bool,
     threads: int | None,
     full_spectrum: bool,
+    block_rows: int | None,
     log: Any,
     owned: ExitStack,
 ) -> Diagnosis:
@@ -188,30 +202,49 @@ def _run_diagnosis(
     say(f"streaming every row: --image ({img.rows:,} rows) and {len(entries)} text store(s)")
     from tqdm import tqdm
 
+    # Under torchrun a rank streams only its share: a bar of all rows would stop short of its total.
     total_rows = img.rows + sum(src.rows for *_, src in entries)
-    with tqdm(total=total_rows, unit="row", unit_scale=True, disable=log is None, leave=False) as bar:
+    quiet_bar = log is None or dist.world().distributed
+    with tqdm(total=total_rows, unit="row", unit_scale=True, disable=quiet_bar, leave=False) as bar:
         img_sums, passes = streamed.stream_together(
             img,
             [src for *_, src in entries],
             [p is not None and p.kind == "identity" for p in pairsets],
             covariance=full_spectrum,
+            block_rows=block_rows,
             progress=bar.update,
         )
     stream_s = time.perf_counter() - t0
-    img_idx = sample_indices(img.rows, sizes["--image"], seed + _IMAGE_SEED_OFFSET)
-    img_vecs = read_unit_rows(img, img_idx)
-    img_spectrum = None if full_spectrum else sampled.sample_spectrum(img_vecs)
 
-    result = Diagnosis(metrics={})
+    # Every rank reads the sampled rows inside its own rows; rank 0 gets them all, in row order, and
+    # computes the sampled metrics (one entry's sample at a time: memory as in one process).
+    t0 = time.perf_counter()
+    img_vecs = gather_unit_rows(img, sample_indices(img.rows, sizes["--image"], seed + _IMAGE_SEED_OFFSET), block_rows)
+    read_s = time.perf_counter() - t0
+    img_spectrum = None if full_spectrum or img_vecs is None else sampled.sample_spectrum(img_vecs)
+
+    result = Diagnosis(metrics={}, root=img_vecs is not None)
     for (key, label, flag, src), tp, pairset in zip(entries, passes, pairsets, strict=True):
+        t0 = time.perf_counter()
+        vecs = gather_unit_rows(src, sample_indices(src.rows, sizes[flag], seed), block_rows)
+        paired = None
+        if pairset is not None:
+            t_vecs = _rows_in_order(src, pairset.text_rows, block_rows)
+            i_vecs = _rows_in_order(img, pairset.image_rows, block_rows)
+            paired = None if t_vecs is None or i_vecs is None else (pairset, t_vecs, i_vecs)
+        if img_vecs is None or vecs is None:
+            continue  # not rank 0
         say(f"sampled metrics of {label}")
+        sample_of = _EntrySample(vecs, time.perf_counter() - t0, paired)
         m, figs = _diagnose_entry(
-            src, tp, pairset, img, img_sums, img_vecs, img_spectrum,
-            n_sample=sizes[flag], k=k, seed=seed, exact_limit=exact_limit, gpu=gpu, threads=threads,
+            src, tp, sample_of, img_sums, img_vecs, img_spectrum,
+            k=k, seed=seed, exact_limit=exact_limit, gpu=gpu, threads=threads,
         )  # fmt: skip
         m["label"] = label
         m["inputs"] = {"text": describe(src, flag), "image": describe(img, "--image")}
-        m["seconds"] = {"stream_all_stores": stream_s, "pair_all_stores": pair_s, **m["seconds"]}
+        m["seconds"] = {
+            "stream_all_stores": stream_s, "pair_all_stores": pair_s, "read_image_sample": read_s, **m["seconds"],
+        }  # fmt: skip
         if key != "raw":
             m["residual_drift"] = m["centroid_gap"]
         result.metrics[key] = m
@@ -219,23 +252,30 @@ def _run_diagnosis(
     return result
 
 
+@dataclass
+class _EntrySample:
+    """The sampled unit rows of one text-like store (on rank 0), and its paired rows when paired."""
+
+    vecs: np.ndarray
+    read_seconds: float
+    pairs: tuple[PairSet, np.ndarray, np.ndarray] | None
+
+
 def _diagnose_entry(
     src: VectorSource,
     tp: streamed.TextPass,
-    pairset: PairSet | None,
-    img: VectorSource,
+    sample_of: _EntrySample,
     img_sums: streamed.RowSums,
     img_vecs: np.ndarray,
     img_spectrum: np.ndarray | None,
     *,
-    n_sample: int,
     k: int,
     seed: int,
     exact_limit: int,
     gpu: bool,
     threads: int | None,
 ) -> tuple[dict[str, Any], EntryFigures]:
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {"read_sample": sample_of.read_seconds}
 
     def timed(name: str, fn: Any) -> Any:
         t0 = time.perf_counter()
@@ -244,8 +284,7 @@ def _diagnose_entry(
         return value
 
     m: dict[str, Any] = streamed.gap_metrics(tp.sums, img_sums)
-    idx = sample_indices(src.rows, n_sample, seed)
-    vecs = timed("read_sample", lambda: read_unit_rows(src, idx))
+    vecs = sample_of.vecs
     if "spectrum_text" in m:
         m["spectrum_source"] = "all rows"
     else:
@@ -267,9 +306,8 @@ def _diagnose_entry(
     pca_t, pca_i, explained = timed("pca", lambda: sampled.pca_2d(vecs[pick_t], img_vecs[pick_i]))
 
     pair_cos: np.ndarray | None = None
-    if pairset is not None:
-        t_vecs = _rows_in_order(src, pairset.text_rows)
-        i_vecs = _rows_in_order(img, pairset.image_rows)
+    if sample_of.pairs is not None:
+        pairset, t_vecs, i_vecs = sample_of.pairs
         pair_cos = np.einsum("ij,ij->i", t_vecs, i_vecs)
         m.update(timed("retrieval", lambda: sampled.retrieval(
             pairset.text_rows, pairset.image_rows, t_vecs, i_vecs)))  # fmt: skip
@@ -294,10 +332,12 @@ def _diagnose_entry(
     return m, EntryFigures(draws, pair_cos, pca_t, pca_i, explained)
 
 
-def _rows_in_order(src: VectorSource, rows: np.ndarray) -> np.ndarray:
-    """Unit rows for `rows` (any order, repeats allowed), reading each distinct row once."""
+def _rows_in_order(src: VectorSource, rows: np.ndarray, block_rows: int | None) -> np.ndarray | None:
+    """Unit rows for `rows` (any order, repeats allowed), reading each distinct row once (by the
+    ranks that own them under torchrun; None on ranks other than 0)."""
     uniq, inverse = np.unique(rows, return_inverse=True)
-    return read_unit_rows(src, uniq)[inverse]
+    vecs = gather_unit_rows(src, uniq, block_rows)
+    return None if vecs is None else vecs[inverse]
 
 
 def _json_safe(value: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from revision import dist
 from revision.errors import UserError
 
 # The reference leaves rows shorter than this unscaled (a zero row stays zero).
@@ -36,6 +37,10 @@ class VectorSource(Protocol):
     @property
     def dtype(self) -> str: ...
 
+    def block_ranges(
+        self, start: int = 0, stop: int | None = None, block_rows: int | None = None
+    ) -> list[tuple[int, int]]: ...
+
     def iter_chunks(
         self, start: int = 0, stop: int | None = None, block_rows: int | None = None, prefetch: int = 2
     ) -> Iterator[tuple[int, np.ndarray]]: ...
@@ -43,6 +48,8 @@ class VectorSource(Protocol):
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray: ...
 
     def read_rows(self, indices: np.ndarray) -> np.ndarray: ...
+
+    def read_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray: ...
 
     def iter_ids(self, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]: ...
 
@@ -73,13 +80,21 @@ class ArraySource:
     def dtype(self) -> str:
         return str(self.vectors.dtype)
 
+    def block_ranges(
+        self, start: int = 0, stop: int | None = None, block_rows: int | None = None
+    ) -> list[tuple[int, int]]:
+        """[lo, hi) ranges covering [start, stop), cut at multiples of the block size (as a store's
+        are cut at multiples of its block), so a range starting on a cut is read the same way."""
+        stop = self.rows if stop is None else stop
+        step = block_rows or self.block
+        cuts = [start, *range((start // step + 1) * step, stop, step), stop]
+        return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
     def iter_chunks(
         self, start: int = 0, stop: int | None = None, block_rows: int | None = None, prefetch: int = 2
     ) -> Iterator[tuple[int, np.ndarray]]:
-        stop = self.rows if stop is None else stop
-        step = block_rows or self.block
-        for s in range(start, stop, step):
-            yield s, self.vectors[s : min(s + step, stop)]
+        for lo, hi in self.block_ranges(start, stop, block_rows):
+            yield lo, self.vectors[lo:hi]
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.vectors[start:stop]
@@ -87,11 +102,15 @@ class ArraySource:
     def read_rows(self, indices: np.ndarray) -> np.ndarray:
         return self.vectors[np.asarray(indices, dtype=np.int64)]
 
+    def read_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.rows if stop is None else stop
+        if self.ids is None:
+            return np.asarray([str(i) for i in range(start, stop)], dtype=object)
+        return np.asarray(self.ids[start:stop], dtype=object)
+
     def iter_ids(self, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        ids = np.asarray([str(i) for i in range(self.rows)] if self.ids is None else self.ids, dtype=object)
-        step = block_rows or self.block
-        for s in range(0, self.rows, step):
-            yield s, ids[s : s + step]
+        for lo, hi in self.block_ranges(0, None, block_rows):
+            yield lo, self.read_ids(lo, hi)
 
 
 def open_source(spec: str | Path | VectorSource | np.ndarray, *, flag: str) -> VectorSource:
@@ -174,6 +193,28 @@ def sample_indices(rows: int, n: int, seed: int) -> np.ndarray:
 def read_unit_rows(src: VectorSource, indices: np.ndarray) -> np.ndarray:
     """The given rows (sorted indices) as unit float32 rows."""
     return unit_rows(src.read_rows(indices), src.dtype)
+
+
+def rank_segments(src: VectorSource, block_rows: int | None, partial_bytes: int) -> list[tuple[int, int]]:
+    """This rank's segments of a pass over `src` whose per-segment result takes `partial_bytes`:
+    a contiguous run of the segments the store's blocks are cut into (all of them in one process)."""
+    blocks = src.block_ranges(0, None, block_rows)
+    return dist.share(dist.segments(blocks, dist.max_segments(partial_bytes)))
+
+
+def gather_unit_rows(src: VectorSource, indices: np.ndarray, block_rows: int | None = None) -> np.ndarray | None:
+    """Unit rows at sorted `indices`, read by the ranks that own them, all of them on rank 0.
+
+    Each rank reads the indices inside its run of segments of `src` (the runs are contiguous and
+    in rank order), and rank 0 joins the pieces in rank order: the rows in index order, the same
+    bytes as `read_unit_rows` in one process (rows are normalised one by one). None on other ranks.
+    """
+    if not dist.world().distributed:
+        return read_unit_rows(src, indices)
+    lo, hi = dist.span(rank_segments(src, block_rows, 8 * src.dim))
+    a, b = np.searchsorted(indices, [lo, hi])
+    pieces = dist.gather_to_root(read_unit_rows(src, indices[a:b]))
+    return None if pieces is None else np.concatenate(pieces)
 
 
 def describe(src: VectorSource, name: str) -> dict[str, Any]:

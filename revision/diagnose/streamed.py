@@ -5,6 +5,13 @@ the count, the vector sum, the sum of squared norms and, when asked for (D ≤
 `MAX_COVARIANCE_DIM`), the centred co-moment matrix, merged chunk by chunk with Chan's formula.
 Memory is one chunk plus at most a D×D matrix, whatever the number of rows.
 
+The blocks of a store are cut into segments (revision/dist.py, as fit's passes are): blocks are
+merged in order inside a segment, segment results in order after. Under torchrun each rank reads
+its own contiguous run of segments and the segment results are gathered on every rank, so the sums
+are the same bits for any number of processes (with equal threads per process: the covariance's
+float32 product runs on BLAS threads). The gathered results of a pass stay under
+dist.SEGMENT_BUDGET_BYTES (fewer segments when each holds a D×D matrix).
+
 The relative modality gap (Schrodi et al., 2024) with d(u, v) = (1 − cos(u, v)) / 2 is exact
 from those sums: over all cross pairs, mean cos = (Σt · Σi) / (N_t N_i); over pairs i ≠ j of
 one modality, mean cos = (‖Σx‖² − Σ‖x‖²) / (N (N − 1)).
@@ -13,17 +20,24 @@ one modality, mean cos = (‖Σx‖² − Σ‖x‖²) / (N (N − 1)).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from revision.diagnose.sources import VectorSource, unit_rows
+from revision import dist
+from revision.diagnose.sources import VectorSource, rank_segments, unit_rows
+
+P = TypeVar("P")
 
 # A float64 D×D co-moment is 32 MiB at D = 2048; beyond that the spectrum comes from the sample.
 MAX_COVARIANCE_DIM = 2048
 SPECTRUM_TOP = 64
+#: Seconds to sleep after each streamed segment: lets the tests kill a rank in the middle of a pass.
+_PAUSE_ENV = "REVISION_DIAGNOSE_PAUSE_AFTER_SEGMENT"
 
 
 @dataclass
@@ -107,6 +121,43 @@ def sums_of_blocks(blocks: Iterable[np.ndarray], dim: int, *, with_covariance: b
     return acc
 
 
+def _rowsums_bytes(dim: int, with_covariance: bool) -> int:
+    return 8 * (dim + 2 + (dim * dim if with_covariance else 0))
+
+
+def _fold_segments(
+    src: VectorSource,
+    *,
+    block_rows: int | None,
+    partial_bytes: int,
+    empty: Callable[[], P],
+    add: Callable[[P, int, np.ndarray], None],
+    merge: Callable[[P, P], P],
+) -> P:
+    """Fold `add` over this rank's blocks of `src`, segment by segment, and every rank's segment
+    results in segment order (revision/dist.py): the same float64 operations for any number of
+    processes, so the same bits. This process reads only its own run of segments."""
+    segs = rank_segments(src, block_rows, partial_bytes)
+    lo, hi = dist.span(segs)
+    pause = float(os.environ.get(_PAUSE_ENV) or 0)
+
+    def partials() -> Iterator[P]:
+        ends = iter([b for _, b in segs])
+        end = next(ends, hi)
+        part = empty()
+        for row0, block in src.iter_chunks(lo, hi, block_rows=block_rows):
+            if row0 < end < row0 + len(block):  # block ranges are a function of the store alone
+                raise RuntimeError(f"rows [{row0}, {row0 + len(block)}) cross the segment end {end}")
+            add(part, row0, block)
+            if row0 + len(block) >= end:
+                yield part
+                part, end = empty(), next(ends, hi)
+                if pause:
+                    time.sleep(pause)
+
+    return dist.fold_in_order(partials(), empty(), merge)
+
+
 def stream_sums(
     src: VectorSource,
     *,
@@ -114,13 +165,26 @@ def stream_sums(
     block_rows: int | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> RowSums:
-    """One pass over every row of `src`: the RowSums of its unit rows. `progress(rows)` per block."""
-    acc = RowSums(src.dim, with_covariance=covariance and src.dim <= MAX_COVARIANCE_DIM)
-    for _, block in src.iter_chunks(block_rows=block_rows):
+    """One pass over every row of `src`: the RowSums of its unit rows. `progress(rows)` per block.
+
+    Under torchrun each rank reads its own run of segments and every rank gets the merged sums,
+    the same bits as one process (see `_fold_segments`).
+    """
+    with_cov = covariance and src.dim <= MAX_COVARIANCE_DIM
+
+    def add(acc: RowSums, _row0: int, block: np.ndarray) -> None:
         acc.add(unit_rows(block, src.dtype))
         if progress is not None:
             progress(len(block))
-    return acc
+
+    return _fold_segments(
+        src,
+        block_rows=block_rows,
+        partial_bytes=_rowsums_bytes(src.dim, with_cov),
+        empty=lambda: RowSums(src.dim, with_covariance=with_cov),
+        add=add,
+        merge=RowSums.merge,
+    )
 
 
 @dataclass
@@ -130,6 +194,24 @@ class TextPass:
     sums: RowSums
     pair_rows: int = 0
     pair_cos_sum: float = 0.0
+
+    def merge(self, other: TextPass) -> TextPass:
+        return TextPass(
+            self.sums.merge(other.sums), self.pair_rows + other.pair_rows, self.pair_cos_sum + other.pair_cos_sum
+        )
+
+
+@dataclass
+class _Stepped:
+    """The image sums and those of the text stores read in step with it, over some rows."""
+
+    image: RowSums
+    texts: list[TextPass]
+
+    def merge(self, other: _Stepped) -> _Stepped:
+        return _Stepped(
+            self.image.merge(other.image), [a.merge(b) for a, b in zip(self.texts, other.texts, strict=True)]
+        )
 
 
 def stream_together(
@@ -145,29 +227,46 @@ def stream_together(
 
     Text stores paired row by row with the images (`paired[j]`, equal row counts) are read in
     step with the image blocks, which also gives the exact Σ cos(text_r, image_r) over all rows;
-    the others are streamed on their own.
+    the others are streamed on their own. Under torchrun every pass is split by segments and
+    merged in segment order, so every rank gets the one-process bits.
     """
     with_cov = covariance and image.dim <= MAX_COVARIANCE_DIM
-    img = RowSums(image.dim, with_covariance=with_cov)
-    out = [TextPass(RowSums(t.dim, with_covariance=with_cov)) for t in texts]
     stepped = [j for j, p in enumerate(paired) if p]
     for j in stepped:
         if texts[j].rows != image.rows:
             raise ValueError(f"row-by-row pairing needs equal row counts, got {texts[j].rows} and {image.rows}")
-    for lo, block in image.iter_chunks(block_rows=block_rows):
+
+    def empty() -> _Stepped:
+        return _Stepped(RowSums(image.dim, with_covariance=with_cov), [
+            TextPass(RowSums(texts[j].dim, with_covariance=with_cov)) for j in stepped
+        ])  # fmt: skip
+
+    def add(acc: _Stepped, lo: int, block: np.ndarray) -> None:
         i_unit = unit_rows(block, image.dtype)
-        img.add(i_unit)
-        for j in stepped:
+        acc.image.add(i_unit)
+        for j, tp in zip(stepped, acc.texts, strict=True):
             t_unit = unit_rows(texts[j].read(lo, lo + len(block)), texts[j].dtype)
-            out[j].sums.add(t_unit)
-            out[j].pair_rows += len(t_unit)
-            out[j].pair_cos_sum += float(np.einsum("ij,ij->", t_unit, i_unit, dtype=np.float64))
+            tp.sums.add(t_unit)
+            tp.pair_rows += len(t_unit)
+            tp.pair_cos_sum += float(np.einsum("ij,ij->", t_unit, i_unit, dtype=np.float64))
         if progress is not None:
             progress(len(block) * (1 + len(stepped)))
+
+    together = _fold_segments(
+        image,
+        block_rows=block_rows,
+        partial_bytes=(1 + len(stepped)) * _rowsums_bytes(image.dim, with_cov),
+        empty=empty,
+        add=add,
+        merge=_Stepped.merge,
+    )
+    out: list[TextPass] = []
     for j, src in enumerate(texts):
-        if not paired[j]:
-            out[j].sums = stream_sums(src, covariance=with_cov, block_rows=block_rows, progress=progress)
-    return img, out
+        if paired[j]:
+            out.append(together.texts[stepped.index(j)])
+        else:
+            out.append(TextPass(stream_sums(src, covariance=with_cov, block_rows=block_rows, progress=progress)))
+    return together.image, out
 
 
 def dissimilarity(cos: float) -> float:
