@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from . import faults
 from .errors import UserError
+from .objio import RemotePath
 
 _NO_FSYNC_ENV = "REVISION_NO_FSYNC"
 
@@ -117,12 +118,15 @@ def atomic_file(path: Path, *, durable: bool | None = None) -> Iterator[BinaryIO
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes | Iterable[bytes], *, durable: bool | None = None) -> None:
+def atomic_write_bytes(path: Path | RemotePath, data: bytes | Iterable[bytes], *, durable: bool | None = None) -> None:
     """Write `data` to a temporary file beside `path`, then rename it over `path` (see `atomic_file`).
 
     A SIGKILL at any moment leaves `path` as it was or fully replaced; with `durable` (the default)
     so does a power cut.
     """
+    if isinstance(path, RemotePath):  # object storage: one PUT is atomic, and durable once it returns
+        path.put(data)
+        return
     parts = [data] if isinstance(data, bytes | bytearray | memoryview) else data
     with atomic_file(path, durable=durable) as fh:
         for part in parts:

@@ -44,6 +44,8 @@ from .atomic import atomic_write_bytes, fsync_dir, make_dirs, resolve_durable, w
 from .config import DTYPES, FORMAT_VERSION, META_KINDS, StoreConfig
 from .errors import UserError
 from .lock import WriterLock
+from .objio import RemotePath, location
+from .objlock import LOCK_NAME, ObjectLock
 from .readahead import read_ahead
 from .shard import ArraySpec, ShardReader
 from .writer import ArrayWriter, BrokenWriterError
@@ -83,10 +85,13 @@ def _as_storage(vectors: Any, dtype: str, np_dtype: np.dtype[Any]) -> np.ndarray
     return arr.astype(np_dtype, copy=False)
 
 
-class FeatureStore:
-    """A feature store on local disk. Create with `create`, open with `open` (read-only or "a")."""
+Location = Path | RemotePath
 
-    def __init__(self, path: Path, record: dict[str, Any], user_attrs: dict[str, Any], mode: str) -> None:
+
+class FeatureStore:
+    """A feature store on local disk or object storage (a URL). Create with `create`, open with `open`."""
+
+    def __init__(self, path: Location, record: dict[str, Any], user_attrs: dict[str, Any], mode: str) -> None:
         self.path = path
         self.mode = mode
         self._record = record
@@ -96,9 +101,10 @@ class FeatureStore:
         self._rows = int(record["rows"])
         self._specs = self._build_specs()
         self._readers: dict[str, ShardReader] = {}
+        self._shared_index: dict[int, np.ndarray] = {}  # vectors' shard indexes, for remote block reads
         self._writers: dict[str, ArrayWriter] | None = None
         self._pending_attrs: dict[str, Any] = {}
-        self._lock: WriterLock | None = None
+        self._lock: WriterLock | ObjectLock | None = None
         self._broken: BaseException | None = None
         self._durable = False
 
@@ -106,7 +112,7 @@ class FeatureStore:
     @classmethod
     def create(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | RemotePath,
         config: StoreConfig,
         *,
         metadata_columns: dict[str, str] | None = None,
@@ -116,11 +122,13 @@ class FeatureStore:
     ) -> FeatureStore:
         """Create an empty store at `path` (which must not exist) and open it for appending.
 
+        `path` may be a URL (s3://bucket/prefix/text.zarr, any fsspec URL): see objio.py.
+
         `progress` is recorded in the first commit, so a job killed before its own first commit can
         still recognise the store as its own and resume. The returned store holds the writer lock.
         `durable=None`: fsync commits unless REVISION_NO_FSYNC=1 (see atomic.py).
         """
-        p = Path(path)
+        p = location(path)
         if p.exists():
             raise StoreError(f"{p}: already exists (open it with mode='a' to append or resume)")
         columns = dict(metadata_columns or {})
@@ -142,6 +150,8 @@ class FeatureStore:
         if "revision" in user:
             raise StoreError(f"{p}: the attribute name 'revision' is reserved")
         sync = resolve_durable(durable)
+        if isinstance(p, RemotePath):
+            return cls._create_remote(p, record, user, columns)
         # Build next to the destination and rename, so a crash never leaves a half-made store. The
         # lock is taken on the new directory before the rename and moves with it (flock belongs to
         # the inode), so no other writer can slip in between the rename and our open.
@@ -180,9 +190,35 @@ class FeatureStore:
         return cls._open(p, "a", durable=sync, lock=lock)
 
     @classmethod
+    def _create_remote(
+        cls, p: RemotePath, record: dict[str, Any], user: dict[str, Any], columns: dict[str, str]
+    ) -> FeatureStore:
+        """Create on object storage: no directory to rename into place, so the group zarr.json, written
+        last, is what makes the store exist; objects a killed creator left under the prefix (no
+        zarr.json) are removed by the next creator once it holds the lock."""
+        lock = ObjectLock.acquire(p, f"{p}: store")
+        try:
+            if (p / "zarr.json").is_file():
+                raise StoreError(f"{p}: already exists (created by another process meanwhile)")
+            for leftover in p.files():
+                if leftover.name != LOCK_NAME:
+                    leftover.unlink(missing_ok=True)
+            store = cls(p, record, user, "a")
+            for spec in store._specs.values():
+                spec.write_metadata(0)
+            if columns:
+                atomic_write_bytes(p / "meta" / "zarr.json", _group_doc({}))
+            faults.point("rename", str(p))
+            atomic_write_bytes(p / "zarr.json", _group_doc({"revision": record, **user}))
+        except BaseException:
+            lock.release()
+            raise
+        return cls._open(p, "a", durable=True, lock=lock)
+
+    @classmethod
     def open(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | RemotePath,
         mode: str = "r",
         *,
         durable: bool | None = None,
@@ -197,20 +233,24 @@ class FeatureStore:
         """
         if mode not in ("r", "a"):
             raise StoreError(f"mode must be 'r' or 'a', got {mode!r}")
-        return cls._open(Path(path), mode, durable=resolve_durable(durable), lock=None, owner_check=owner_check)
+        p = location(path)
+        return cls._open(p, mode, durable=resolve_durable(durable), lock=None, owner_check=owner_check)
 
     @classmethod
     def _open(
         cls,
-        p: Path,
+        p: Location,
         mode: str,
         *,
         durable: bool,
-        lock: WriterLock | None,
+        lock: WriterLock | ObjectLock | None,
         owner_check: Callable[[FeatureStore], None] | None = None,
     ) -> FeatureStore:
         if mode == "a" and lock is None and (p / "zarr.json").is_file():
-            lock = WriterLock.acquire(p, f"{p}: store")
+            if isinstance(p, RemotePath):
+                lock = ObjectLock.acquire(p, f"{p}: store")
+            else:
+                lock = WriterLock.acquire(p, f"{p}: store")
         try:
             store = cls._read(p, mode)
             if mode == "a":
@@ -226,12 +266,14 @@ class FeatureStore:
         return store
 
     @classmethod
-    def _read(cls, p: Path, mode: str) -> FeatureStore:
+    def _read(cls, p: Location, mode: str) -> FeatureStore:
         meta = p / "zarr.json"
-        if not meta.is_file():
+        if isinstance(p, Path) and not meta.is_file():
             raise StoreError(f"{p}: not a feature store (no zarr.json)")
         try:
             doc = json.loads(meta.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"{p}: not a feature store (no zarr.json)") from None
         except (OSError, ValueError) as exc:
             raise StoreError(f"{p}: unreadable zarr.json ({exc})") from exc
         attrs = doc.get("attributes", {}) if isinstance(doc, dict) else {}
@@ -265,6 +307,11 @@ class FeatureStore:
         live writer's uncommitted work.
         """
         assert self._lock is not None and self._lock.held
+        if isinstance(self.path, RemotePath):
+            self._repair_remote()
+            self._writers = {k: ArrayWriter(s, self._rows) for k, s in self._specs.items()}
+            self._durable = True
+            return
         for stale in self.path.rglob(".*.tmp-*"):  # a temporary file a killed writer never renamed
             stale.unlink(missing_ok=True)
         for spec in self._specs.values():
@@ -273,12 +320,31 @@ class FeatureStore:
                 spec.write_metadata(self._rows, durable=durable)
             open_shard = self._rows // spec.shard_rows
             shard_dir = spec.path / "c"
+            assert isinstance(shard_dir, Path)
             if shard_dir.is_dir():
                 for entry in shard_dir.iterdir():
                     if entry.name.isdigit() and int(entry.name) > open_shard:
                         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         self._writers = {k: ArrayWriter(s, self._rows, durable=durable) for k, s in self._specs.items()}
         self._durable = durable
+
+    def _repair_remote(self) -> None:
+        """`_start_writing` on object storage: shapes back to the committed count, shard objects past
+        the open shard deleted (the open shard itself is rewritten whole by the next commit)."""
+        assert isinstance(self.path, RemotePath)
+        objects = self.path.files()
+        for spec in self._specs.values():
+            assert isinstance(spec.path, RemotePath)
+            doc = json.loads((spec.path / "zarr.json").read_text())
+            if doc["shape"][0] != self._rows:
+                spec.write_metadata(self._rows)
+            open_shard = self._rows // spec.shard_rows
+            shard_prefix = spec.path.key + "/c/"
+            for obj in objects:
+                if obj.key.startswith(shard_prefix):
+                    first = obj.key[len(shard_prefix) :].split("/", 1)[0]
+                    if first.isdigit() and int(first) > open_shard:
+                        obj.unlink(missing_ok=True)
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -444,6 +510,7 @@ class FeatureStore:
         for reader in self._readers.values():  # shard indexes may have changed
             reader.close()
         self._readers.clear()
+        self._shared_index.clear()
 
     # -- reading ------------------------------------------------------------------------------
     def _reader(self, key: str) -> ShardReader:
@@ -462,8 +529,10 @@ class FeatureStore:
         """Rows [start, stop) as an (n, D) array of the storage dtype."""
         stop = self._check_range(start, stop)
         out = np.empty((stop - start, self.dim), dtype=self.np_dtype)
-        # A private reader: read() runs concurrently on read-ahead threads.
-        reader = ShardReader(self._specs["vectors"])
+        # A private reader: read() runs concurrently on read-ahead threads. On object storage the
+        # readers share the shard indexes (each costs a HEAD and a GET); they change only at a commit.
+        shared = self._shared_index if isinstance(self.path, RemotePath) else None
+        reader = ShardReader(self._specs["vectors"], shared)
         try:
             reader.read_into(out, start, stop)
         finally:
@@ -582,11 +651,17 @@ class FeatureStore:
         return values
 
     # -- description --------------------------------------------------------------------------
+    def _sizes(self, sub: str | None = None) -> int:
+        where = self.path if sub is None else self.path / sub
+        if isinstance(where, RemotePath):
+            return sum(size for obj, size in where.files().items() if obj.name != LOCK_NAME)
+        return sum(f.stat().st_size for f in where.rglob("*") if f.is_file())
+
     def bytes_on_disk(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return self._sizes()
 
     def info(self) -> dict[str, Any]:
-        vec_bytes = sum(f.stat().st_size for f in (self.path / "vectors").rglob("*") if f.is_file())
+        vec_bytes = self._sizes("vectors")
         logical = self._rows * self.dim * self.np_dtype.itemsize
         return {
             "path": str(self.path),
@@ -622,7 +697,7 @@ def _remove_abandoned_creations(p: Path) -> None:
             lock.release()
 
 
-def _encode_column(name: str, kind: str, values: Sequence[Any], path: Path) -> np.ndarray:
+def _encode_column(name: str, kind: str, values: Sequence[Any], path: Location) -> np.ndarray:
     if kind == "json":
         try:
             return np.asarray([json.dumps(v, ensure_ascii=False) for v in values], dtype=object)

@@ -16,6 +16,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,8 @@ from .idcheck import ID_HASH
 from .ingest_job import IngestJob, IngestSummary
 from .lock import WriterLock
 from .npy_io import NpySource
+from .objio import RemotePath, is_url, location
+from .objlock import LOCK_NAME, ObjectLock
 from .parquet_io import ParquetSource
 from .pickle_io import PickleSource
 from .sources import Source
@@ -152,13 +156,50 @@ def ingest(
             "id_hash": ID_HASH,
         }
         key = job_key(source, options)
-        job = IngestJob(source, Path(dest), key, nonfinite, batch_rows, commit_rows, show_progress)
-        with _exclusive(Path(dest)):
-            if Path(dest).exists():
-                return job.append(dtype_given=dtype is not None, dtype=store_dtype)
-            return job.create(cfg)
+        remote = location(dest) if is_url(dest) else None
+        local = _staging_for(remote) if isinstance(remote, RemotePath) else Path(dest)
+        job = IngestJob(source, local, key, nonfinite, batch_rows, commit_rows, show_progress)
+        if isinstance(remote, RemotePath) and (remote / "zarr.json").is_file():
+            raise UserError(f"{remote}: DEST already exists; appending to a store on object storage is not supported")
+        with _exclusive(local):
+            if local.exists():
+                summary = job.append(dtype_given=dtype is not None, dtype=store_dtype)
+            else:
+                summary = job.create(cfg)
+        if isinstance(remote, RemotePath):
+            upload_store(local, remote)
+            shutil.rmtree(local.parent, ignore_errors=True)
+            summary.dest = str(remote)
+        return summary
     finally:
         source.close()
+
+
+def _staging_for(remote: RemotePath) -> Path:
+    """Where an ingest into `remote` builds the store first: a local folder named by the URL, so a
+    re-run after a kill resumes the build (or only the upload) instead of starting over."""
+    root = Path(os.environ.get("REVISION_STAGING_DIR") or Path(tempfile.gettempdir()) / "revision-staging")
+    digest = hashlib.sha256(str(remote).encode()).hexdigest()[:16]
+    return root / digest / remote.name
+
+
+def upload_store(local: Path, remote: RemotePath) -> None:
+    """Copy a finished local store to object storage, one whole object per file, the group's zarr.json
+    last: until that PUT the URL holds no store, so a kill mid-upload leaves nothing a reader opens,
+    and a re-run uploads again from the start."""
+    with ObjectLock.acquire(remote, f"{remote}: store"):
+        if (remote / "zarr.json").is_file():
+            raise UserError(f"{remote}: DEST already exists (created by another process meanwhile)")
+        for leftover in remote.files():  # a killed upload's objects: overwritten or orphaned otherwise
+            if leftover.name != LOCK_NAME:
+                leftover.unlink(missing_ok=True)
+        files = sorted(f for f in local.rglob("*") if f.is_file() and not f.name.startswith("."))
+        top = local / "zarr.json"
+        for f in [f for f in files if f != top] + [top]:
+            remote_path = remote
+            for part in f.relative_to(local).parts:
+                remote_path = remote_path / part
+            remote_path.put(f.read_bytes())
 
 
 @contextmanager

@@ -21,9 +21,12 @@ import fcntl
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .objio import RemotePath
 
 
 class LockedError(UserError):
@@ -113,8 +116,15 @@ class WriterLock:
                 os.close(fd)
 
 
-def probe(path: str | os.PathLike[str], what: str) -> None:
+def probe(path: str | os.PathLike[str] | RemotePath, what: str) -> None:
     """Raise LockedError now if the directory `path` is locked (an early check before long work)."""
+    from .objio import RemotePath
+
+    if isinstance(path, RemotePath):  # object storage: the lock object (taken and given back at once)
+        from .objlock import ObjectLock
+
+        ObjectLock.acquire(path, what).release()
+        return
     p = Path(path)
     if p.is_dir():
         WriterLock.acquire(p, what).release()

@@ -24,6 +24,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import DamagedStoreError
+from .objio import RemotePath, read_ranges
 
 EMPTY = np.uint64(2**64 - 1)
 _VLEN = numcodecs.VLenUTF8()
@@ -54,7 +55,7 @@ def _compressor_json(codec: str, itemsize: int) -> list[dict[str, Any]]:
 class ArraySpec:
     """Geometry and encoding of one sharded array: rows are chunked and sharded; columns are not."""
 
-    path: Path
+    path: Path | RemotePath
     row_shape: tuple[int, ...]  # () for 1-D arrays, (D,) for the vectors
     dtype: np.dtype[Any] | None  # None: variable-length UTF-8 strings
     zarr_dtype: str
@@ -127,7 +128,7 @@ class ArraySpec:
         doc = json.dumps(self.metadata(rows, attributes), indent=2).encode()
         atomic_write_bytes(self.path / "zarr.json", doc, durable=durable)
 
-    def shard_path(self, shard: int) -> Path:
+    def shard_path(self, shard: int) -> Path | RemotePath:
         suffix = "/0" * len(self.row_shape)
         return self.path / f"c/{shard}{suffix}"
 
@@ -169,11 +170,17 @@ class ArraySpec:
 
 
 class ShardReader:
-    """Reads chunks of one sharded array with positioned reads; caches shard indexes and file handles."""
+    """Reads chunks of one sharded array with positioned reads; caches shard indexes and file handles.
 
-    def __init__(self, spec: ArraySpec) -> None:
+    On object storage (a RemotePath) the same reads are ranged GETs, a block's several in flight.
+    """
+
+    def __init__(self, spec: ArraySpec, index_cache: dict[int, np.ndarray] | None = None) -> None:
         self.spec = spec
-        self._index: dict[int, np.ndarray] = {}
+        self.remote = isinstance(spec.path, RemotePath)
+        # Readers of one committed state may share their indexes (on object storage each costs two requests).
+        self._index: dict[int, np.ndarray] = {} if index_cache is None else index_cache
+        self._owns_index = index_cache is None
         self._fds: dict[int, int] = {}
         self._mapped: tuple[int, mmap.mmap] | None = None  # the shard `view` maps, one at a time
         # A reader dropped without close() (an exception, a forgotten store) still gives its files back.
@@ -181,7 +188,8 @@ class ShardReader:
 
     def close(self) -> None:
         _close_fds(self._fds)
-        self._index.clear()
+        if self._owns_index:
+            self._index.clear()
         # Views handed out keep their mapping alive; the reader only lets go of it.
         self._mapped = None
 
@@ -193,6 +201,7 @@ class ShardReader:
                 os.close(self._fds.pop(old))
                 self._index.pop(old, None)
             path = self.spec.shard_path(shard)
+            assert isinstance(path, Path)  # object storage reads ranges, never file handles
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -200,13 +209,31 @@ class ShardReader:
             self._fds[shard] = fd
         return fd
 
+    def _remote_shard(self, shard: int) -> RemotePath:
+        path = self.spec.shard_path(shard)
+        assert isinstance(path, RemotePath)
+        return path
+
+    def _tail(self, shard: int, n: int) -> bytes:
+        """The last `n` bytes of the shard (its index and checksum), b"" when it is shorter."""
+        if self.remote:
+            obj = self._remote_shard(shard)
+            try:
+                size = obj.size()
+            except FileNotFoundError:
+                raise DamagedStoreError(f"{obj}: shard object is missing (the store is damaged)") from None
+            return obj.read_range(size - n, size) if size >= n else b""
+        fd = self._fd(shard)
+        size = os.fstat(fd).st_size
+        return os.pread(fd, n, size - n) if size >= n else b""
+
     def index(self, shard: int) -> np.ndarray:
         idx = self._index.get(shard)
         if idx is None:
-            fd = self._fd(shard)
+            if len(self._index) >= 4096:  # bounded on huge stores (object storage keeps no fds to bound it)
+                self._index.pop(next(iter(self._index)))
             n = self.spec.chunks_per_shard * 16
-            size = os.fstat(fd).st_size
-            tail = os.pread(fd, n + 4, size - n - 4) if size >= n + 4 else b""
+            tail = self._tail(shard, n + 4)
             if len(tail) != n + 4 or google_crc32c.value(tail[:n]) != int.from_bytes(tail[n:], "little"):
                 raise DamagedStoreError(
                     f"{self.spec.shard_path(shard)}: shard index is corrupt or the file is truncated "
@@ -221,7 +248,10 @@ class ShardReader:
         off, nbytes = self.index(shard)[j]
         if off == EMPTY:
             raise DamagedStoreError(f"{self.spec.shard_path(shard)}: chunk {j} is missing (the store is damaged)")
-        data = os.pread(self._fd(shard), int(nbytes), int(off))
+        if self.remote:
+            data = self._remote_shard(shard).read_range(int(off), int(off + nbytes))
+        else:
+            data = os.pread(self._fd(shard), int(nbytes), int(off))
         if len(data) != nbytes:
             raise DamagedStoreError(f"{self.spec.shard_path(shard)}: chunk {j} is truncated (the store is damaged)")
         return data
@@ -238,7 +268,7 @@ class ShardReader:
         never rewritten in place, so a view never changes under its reader.
         """
         spec = self.spec
-        if spec.codec != "none" or spec.is_string or stop <= start:
+        if spec.codec != "none" or spec.is_string or stop <= start or self.remote:
             return None
         shard = start // spec.shard_rows
         if (stop - 1) // spec.shard_rows != shard:
@@ -271,6 +301,9 @@ class ShardReader:
 
     def read_into(self, out: np.ndarray, start: int, stop: int) -> None:
         """Fill `out` (stop - start rows) with rows [start, stop). Uncompressed runs go straight in."""
+        if self.remote:
+            self._read_into_remote(out, start, stop)
+            return
         spec = self.spec
         pos = start
         while pos < stop:
@@ -293,6 +326,40 @@ class ShardReader:
             rows = self.read_chunk(chunk)
             out[pos - start : pos - start + hi - lo] = rows[lo:hi]
             pos += hi - lo
+
+    def _read_into_remote(self, out: np.ndarray, start: int, stop: int) -> None:
+        """`read_into` on object storage: every chunk (or uncompressed run) of the range is fetched with
+        concurrent ranged GETs first, then decoded, so a block costs about one round trip, not one per chunk."""
+        spec = self.spec
+        plan: list[tuple[int, int, int, int]] = []  # (first row, last row, chunk or -1 for a raw run, shard)
+        requests: list[tuple[RemotePath, int, int]] = []
+        pos = start
+        while pos < stop:
+            chunk, lo = divmod(pos, spec.chunk_rows)
+            shard, j = divmod(chunk, spec.chunks_per_shard)
+            off, nbytes = (int(v) for v in self.index(shard)[j])
+            if off == int(EMPTY):
+                raise DamagedStoreError(f"{spec.shard_path(shard)}: chunk {j} is missing (the store is damaged)")
+            if spec.codec == "none" and not spec.is_string:
+                last = min(stop, (shard + 1) * spec.shard_rows)
+                begin = off + lo * spec.row_bytes
+                requests.append((self._remote_shard(shard), begin, begin + (last - pos) * spec.row_bytes))
+                plan.append((pos, last, -1, shard))
+            else:
+                last = min(stop, (chunk + 1) * spec.chunk_rows)
+                requests.append((self._remote_shard(shard), off, off + nbytes))
+                plan.append((pos, last, chunk, shard))
+            pos = last
+        for (first, last, chunk, shard), data in zip(plan, read_ranges(requests), strict=True):
+            if chunk < 0:
+                want = (last - first) * spec.row_bytes
+                if len(data) != want:
+                    raise DamagedStoreError(f"{spec.shard_path(shard)}: short read ({len(data)} of {want} bytes)")
+                target = out[first - start : last - start].reshape(-1).view(np.uint8)
+                target[:] = np.frombuffer(data, dtype=np.uint8)
+            else:
+                lo = first - chunk * spec.chunk_rows
+                out[first - start : last - start] = spec.decode_chunk(data)[lo : lo + last - first]
 
 
 def _close_fds(fds: dict[int, int]) -> None:

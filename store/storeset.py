@@ -31,6 +31,7 @@ import numpy as np
 from .config import StoreConfig
 from .featurestore import FeatureStore, StoreError
 from .idcheck import DuplicateIds, IdBuckets, pack_src, unpack_src
+from .objio import is_url, location
 
 PART_NAME = re.compile(r"^(?:(?P<prefix>.+)\.)?part(?P<index>\d+)-of-(?P<count>\d+)\.zarr$")
 _GLOB_CHARS = frozenset("*?[")
@@ -330,6 +331,13 @@ def open_readable(spec: str | Path, *, flag: str | None = None, check_ids: bool 
     scan of every id of a set (done once per job, not by every process of a distributed one).
     """
     where = f"{flag} {spec}" if flag else str(spec)
+    if is_url(spec):  # object storage: one store per URL (sets of parts are local for now)
+        if _GLOB_CHARS & set(str(spec)):
+            raise StoreError(f"{where}: store sets (globs) are not supported on object storage; name one store")
+        url = location(spec)
+        if not (url / "zarr.json").is_file():
+            raise StoreError(f"{where}: no such store (no zarr.json)")
+        return FeatureStore.open(url)
     parts = find_parts(spec)
     if parts is None:
         p = Path(spec)

@@ -39,6 +39,7 @@ from revision.align.writebehind import WriteBehind
 from revision.errors import UserError
 from revision.store import FeatureStore, Readable, StoreSet, open_readable
 from revision.store.atomic import WriteError
+from revision.store.objio import location
 
 StoreLike: TypeAlias = "FeatureStore | StoreSet | str | os.PathLike[str]"
 
@@ -250,7 +251,7 @@ def apply_stats(
     """
     with ExitStack() as owned:
         t = _open(text, "--text", owned)
-        target, span = output_part(Path(out), t)
+        target, span = output_part(location(out), t)
         result = _apply(
             t,
             stats,
@@ -263,7 +264,7 @@ def apply_stats(
             span=span,
         )
     dist.barrier()  # the output is complete only when every part is
-    result.out, result.rows = Path(out), t.rows
+    result.out, result.rows = location(out), t.rows
     return result
 
 
@@ -286,7 +287,7 @@ def _apply(
     # Settings that can fail are resolved before the output exists, so a refusal leaves nothing behind.
     device = config.torch_device()
     pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
-    out_p = Path(out)
+    out_p = location(out)
     lo, hi = span or (0, t.rows)
     created = not out_p.exists()
     dst = open_output(out_p, t, method, config, stats, run, span=span)
@@ -352,7 +353,7 @@ def _apply(
 
 def stats_beside(out: str | os.PathLike[str]) -> Path:
     """Where `align` saves the stats of an aligned store: `<out>.stats.json` next to it."""
-    p = Path(out)
+    p = location(out)
     return p.with_name(p.name + ".stats.json")
 
 
@@ -378,7 +379,7 @@ def align_stores(
         overrides["method"] = method
     cfg = replace(base, **overrides) if overrides else base
     sp = stats_beside(out)
-    out_p = Path(out)
+    out_p = location(out)
     with ExitStack() as owned:
         t = _open(text, "--text", owned)
         i = _open(image, "--image", owned) if image is not None else None

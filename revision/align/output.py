@@ -40,9 +40,9 @@ def store_fingerprint(st: Readable) -> dict[str, Any]:
     """What identifies a store's (or set's) committed content cheaply: path, rows, commit records' hash."""
     h = hashlib.sha256()
     for part in st.parts if isinstance(st, StoreSet) else [st]:
-        h.update((Path(part.path) / "zarr.json").read_bytes())
+        h.update((part.path / "zarr.json").read_bytes())
     return {
-        "path": str(Path(st.path).resolve()),
+        "path": str(st.path.resolve()),
         "rows": st.rows,
         "commit": h.hexdigest()[:16],
     }

@@ -32,6 +32,7 @@ import torch
 from revision.errors import UserError
 from revision.kernels import Moments
 from revision.store.atomic import atomic_write_bytes
+from revision.store.objio import location
 
 FORMAT = "revision-align-stats"
 VERSION = 1
@@ -115,7 +116,7 @@ def sidecar_path(path: Path) -> Path:
 
 def save_stats(stats: AlignStats, path: str | os.PathLike[str]) -> Path:
     """Write the stats JSON (and its .npz sidecar when there are matrices) atomically; returns the JSON path."""
-    p = Path(path)
+    p = location(path)
     doc = stats.header()
     doc["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     doc["vectors"] = {
@@ -165,7 +166,7 @@ def _moments_from(doc: dict[str, Any] | None, dim: int, path: Path, como: np.nda
 
 def load_stats(path: str | os.PathLike[str]) -> AlignStats:
     """Read a stats file written by `save_stats`; a wrong or damaged file is a UserError naming it."""
-    p = Path(path)
+    p = location(path)
     try:
         doc = json.loads(p.read_text())
     except FileNotFoundError:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from revision.align.cli_flags import add_method_flags, add_run_flags, config_from_args
 from revision.paths import check_outputs
+from revision.store.objio import location
 
 EPILOG = """example:
   revision align --text text.zarr --image image.zarr --out aligned.zarr
@@ -31,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--text", type=Path, required=True, help="text feature store (the rows to align)")
-    p.add_argument("--image", type=Path, default=None, help="image feature store (the anchor distribution)")
-    p.add_argument("--out", type=Path, required=True, help="aligned feature store to write (or resume)")
+    p.add_argument("--text", type=location, required=True, help="text feature store (the rows to align)")
+    p.add_argument("--image", type=location, default=None, help="image feature store (the anchor distribution)")
+    p.add_argument("--out", type=location, required=True, help="aligned feature store to write (or resume)")
     p.add_argument(
         "--export-trace-stats",
         type=Path,

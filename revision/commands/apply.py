@@ -11,6 +11,7 @@ from revision.align.config import METHOD_NAMES
 from revision.errors import UserError
 from revision.modality import require_modality
 from revision.paths import check_outputs
+from revision.store.objio import location
 
 if TYPE_CHECKING:
     from revision.dist import World
@@ -35,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--text", type=Path, required=True, help="text feature store to align")
+    p.add_argument("--text", type=location, required=True, help="text feature store to align")
     p.add_argument("--stats", type=Path, required=True, help="statistics JSON written by `revision fit`")
-    p.add_argument("--out", type=Path, required=True, help="aligned feature store to write (or resume)")
+    p.add_argument("--out", type=location, required=True, help="aligned feature store to write (or resume)")
     p.add_argument(
         "--method",
         default=None,

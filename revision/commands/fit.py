@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from revision.align.cli_flags import METHOD_PARAM_FLAGS, add_method_flags, add_run_flags, config_from_args
 from revision.errors import UserError
 from revision.paths import check_outputs
+from revision.store.objio import location
 
 if TYPE_CHECKING:
     from revision.align.passes import PassTiming
@@ -47,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--text", type=Path, default=None, help="text feature store (the rows to align)")
-    p.add_argument("--image", type=Path, default=None, help="image feature store (the anchor distribution)")
+    p.add_argument("--text", type=location, default=None, help="text feature store (the rows to align)")
+    p.add_argument("--image", type=location, default=None, help="image feature store (the anchor distribution)")
     p.add_argument("--stats", type=Path, required=True, help="where to write the statistics (JSON)")
     p.add_argument(
         "--export-trace-stats",
