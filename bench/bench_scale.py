@@ -12,6 +12,11 @@ exactness of the ordered merge of segment statistics at 1,024 simulated ranks.
     1,024 simulated ranks, and the error against an exact (math.fsum) merge of the partials' totals
     and an extended-precision merge of their M2; the naive merge (each rank folds its own segments,
     ranks merged after) for contrast.
+(c) read throughput of one store (fp16, uncompressed) from a local S3 server (moto's, started here on
+    the loopback interface) against the same store on the local filesystem: a full scan through the
+    store reader (`iter_chunks`, read-ahead on), rows/s and MB/s, best of `--repeats`, and the ratio.
+    `--only object-storage` runs just this section and merges it into the existing JSON (key
+    "object_storage", with its own "command"), leaving (a) and (b) as they were measured.
 
 Run small:  python bench/bench_scale.py --rows 50000 --dim 256 --json-out /tmp/scale.json
 """
@@ -145,6 +150,74 @@ def merge_at_scale(ranks: int, dim: int, rows_per_segment: int) -> dict[str, Any
     }  # fmt: skip
 
 
+def _scan(st: FeatureStore) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    total = 0
+    for _, block in st.iter_chunks():
+        total += int(block.shape[0])
+    return time.perf_counter() - t0, total
+
+
+def object_storage(root: Path, rows: int, dim: int, repeats: int) -> dict[str, Any]:
+    """(c): a full scan of one store from moto's S3 server on loopback vs the local filesystem."""
+    import socket
+    import urllib.request
+
+    from revision.store.ingest import upload_store
+
+    local = root / "scan.zarr"
+    _make_store(local, rows, dim, "text", seed=3)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    keys = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+        from revision.store.objio import RemotePath
+
+        url = RemotePath("s3://bench/scan.zarr")
+        upload_store(local, url)
+        results: dict[str, Any] = {}
+        for name, where in (("local", local), ("s3", url)):
+            best = math.inf
+            for _ in range(repeats):
+                with FeatureStore.open(where) as st:
+                    secs, n = _scan(st)
+                    assert n == rows
+                    nbytes = rows * dim * st.np_dtype.itemsize
+                best = min(best, secs)
+            results[name] = {"seconds": best, "rows_per_s": rows / best, "mb_per_s": nbytes / best / 1e6}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return {
+        "rows": rows, "dim": dim, "dtype": "float16", "codec": "none", "repeats": repeats,
+        "server": "moto.server (Python, single process) on 127.0.0.1", "backend": "fsspec + s3fs cat_ranges",
+        "local": results["local"], "s3": results["s3"],
+        "ratio_s3_to_local": results["s3"]["rows_per_s"] / results["local"]["rows_per_s"],
+        "target_ratio": 0.5,
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=400_000, help="rows per store for (a) (default: 400000)")
@@ -153,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranks", type=int, default=1024, help="simulated ranks for (b) (default: 1024)")
     ap.add_argument("--merge-dim", type=int, default=1280, help="dimension for (b) (default: 1280)")
     ap.add_argument("--json-out", default=None, help="JSON path (default: bench/results/scale.json)")
+    ap.add_argument("--s3-rows", type=int, default=200_000, help="rows of the store scanned in (c) (default: 200000)")
+    ap.add_argument("--only", choices=["object-storage"], default=None,
+                    help="run only section (c) and merge it into the existing JSON")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.only == "object-storage":
+        return _main_object_storage(args)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         rows = scaling(Path(tmp), args.rows, args.dim, args.repeats)
@@ -167,12 +245,43 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bitwise equal for simulated ranks: {m['bitwise_equal_for_simulated_ranks']}")
     print(f"naive per-rank merge equal: {m['naive_merge_equal_for_simulated_ranks']}")
     print(f"max rel error: mean {m['mean_max_rel_error_vs_exact']:.2e}, M2 {m['m2_max_rel_error_vs_extended']:.2e}")
+    with tempfile.TemporaryDirectory(prefix="bench-scale-s3-") as tmp:
+        obj = object_storage(Path(tmp), args.s3_rows, args.dim, args.repeats)
+    _print_object_storage(obj)
     payload = {
+        "object_storage": obj,
         "rows": args.rows, "dim": args.dim, "repeats": args.repeats, "scaling": rows, "merge": merge,
         "load_average_before": load_before, "load_average_after": load_after, "cpus": os.cpu_count(),
     }  # fmt: skip
     path = write_results("scale", payload, args.json_out)
     print(f"results: {path}")
+    return 0
+
+
+def _print_object_storage(obj: dict[str, Any]) -> None:
+    print(f"\nfull scan of {obj['rows']:,} x {obj['dim']} fp16: "
+          f"local {obj['local']['mb_per_s']:.0f} MB/s ({obj['local']['rows_per_s']:,.0f} rows/s), "
+          f"s3 {obj['s3']['mb_per_s']:.0f} MB/s ({obj['s3']['rows_per_s']:,.0f} rows/s), "
+          f"ratio {obj['ratio_s3_to_local']:.2f}")  # fmt: skip
+
+
+def _main_object_storage(args: argparse.Namespace) -> int:
+    """`--only object-storage`: measure (c) and merge it into the JSON, keeping (a) and (b)."""
+    import json
+
+    out = Path(args.json_out) if args.json_out else Path(__file__).resolve().parent / "results" / "scale.json"
+    with tempfile.TemporaryDirectory(prefix="bench-scale-s3-") as tmp:
+        obj = object_storage(Path(tmp), args.s3_rows, args.dim, args.repeats)
+    _print_object_storage(obj)
+    doc = json.loads(out.read_text()) if out.is_file() else {"benchmark": "scale"}
+    obj["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    obj["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    obj["load_average"] = os.getloadavg()
+    doc["object_storage"] = obj
+    tmp_out = out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    os.replace(tmp_out, out)
+    print(f"results: {out}")
     return 0
 
 

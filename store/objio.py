@@ -17,9 +17,9 @@ The commit protocol carries over unchanged, because it only ever needed "write a
 appended to), shards before array metadata before the group's zarr.json. A store on object storage
 *exists* once its zarr.json does; objects under a prefix without one are an unfinished creation.
 
-Backend choice (measured, bench/results/scale.json "object_storage"): fsspec with s3fs, whose
-`cat_ranges` issues the ranged GETs of a block concurrently on its event loop; see
-docs/scaling.md "Object storage" for the numbers against obstore. Credentials and endpoints come from
+Backend: fsspec with s3fs (scan rate in bench/results/scale.json "object_storage"), whose
+`cat_ranges` issues the ranged GETs of a block concurrently on its event loop; obstore (a Rust
+client) has not been measured against it yet. Credentials and endpoints come from
 the standard places: AWS_* environment variables (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for an
 S3-compatible server), ~/.aws, instance roles; `REVISION_STORAGE_OPTIONS` (a JSON object) adds
 fsspec storage options for every URL.
