@@ -6,12 +6,12 @@ scripts and no external links, so it opens offline and can be mailed around.
 
 from __future__ import annotations
 
-import base64
 import html
 from collections.abc import Mapping
 from typing import Any
 
 from revision.diagnose.pipeline import EntryFigures
+from revision.palette import fmt_row, img_tag, method_colour
 
 # (key, label, what to expect): the rows of both tables, in order.
 ROWS: list[tuple[str, str, str]] = [
@@ -53,14 +53,11 @@ def _get(m: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def _fmt(value: Any, key: str = "") -> str:
-    if value is None:
-        return "—"
-    if key.startswith("median_rank"):
-        return f"{value:,.1f}".removesuffix(".0")
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
-    return str(value)
+def _cells(metrics: Mapping[str, Mapping[str, Any]], key: str) -> list[str]:
+    """One table row: the metric of every entry at one precision (ranks at one decimal, as a
+    median of an even count can be a half)."""
+    values = [_get(m, key) for m in metrics.values()]
+    return fmt_row(values, 1 if key.startswith("median_rank") else None)
 
 
 def _present_rows(metrics: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, str]]:
@@ -71,7 +68,7 @@ def text_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """The metrics as an aligned plain-text table: one row per metric, one column per entry."""
     keys = list(metrics)
     header = ["metric", *[str(metrics[k].get("label", k)) for k in keys]]
-    lines = [[label, *[_fmt(_get(metrics[k], key), key) for k in keys]] for key, label, _ in _present_rows(metrics)]
+    lines = [[label, *_cells(metrics, key)] for key, label, _ in _present_rows(metrics)]
     widths = [max(len(r[j]) for r in [header, *lines]) for j in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -149,30 +146,32 @@ _PAIR_KINDS = {
 
 _CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1200px; color: #222; line-height: 1.45; padding: 0 1em; }
+       max-width: 1260px; color: #222; line-height: 1.45; padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.8em; }
 table { border-collapse: collapse; font-size: 0.92em; }
 th, td { padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }
 th:first-child, td:first-child, th:last-child { text-align: left; } td.note { color: #777; text-align: left; }
 thead th { border-bottom: 2px solid #444; }
-img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; margin: 0.4em 0; display: block; }
+td:not(:first-child):not(.note) { font-variant-numeric: tabular-nums; }
+.swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.35em; border-radius: 2px; }
 .meta { color: #666; font-size: 0.9em; } .reading p { background: #f6f6f2; padding: 0.6em 0.9em; }
 """
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def render_html(metrics: Mapping[str, Mapping[str, Any]], figs: Mapping[str, EntryFigures]) -> str:
     """The whole report as one HTML document."""
     keys = list(metrics)
     raw = metrics["raw"]
-    head = "".join(f"<th>{html.escape(str(metrics[k].get('label', k)))}</th>" for k in keys)
+    # Each entry's column heading carries its colour in the figures below.
+    head = "".join(
+        f"<th><span class='swatch' style='background:{method_colour(k)}'></span>"
+        f"{html.escape(str(metrics[k].get('label', k)))}</th>"
+        for k in keys
+    )
     body = []
     for key, label, note in _present_rows(metrics):
-        cells = "".join(f"<td>{_fmt(_get(metrics[k], key), key)}</td>" for k in keys)
+        cells = "".join(f"<td>{c}</td>" for c in _cells(metrics, key))
         body.append(f"<tr><td>{html.escape(label)}</td>{cells}<td class='note'>{html.escape(note)}</td></tr>")
     inputs = raw["inputs"]
     meta = (
@@ -199,6 +198,8 @@ def render_html(metrics: Mapping[str, Mapping[str, Any]], figs: Mapping[str, Ent
     from revision.diagnose import figures  # matplotlib loads when a figure is drawn, not with the metrics table
 
     pictures = [
+        ("The gap at a glance", figures.glance(metrics),
+         "Headline metrics per entry; the dashed line is the value without a gap."),
         ("Cosine similarity, cross- vs intra-modal", figures.cosine_histograms(metrics, figs),
          "With a modality gap the text–image histogram sits left of both intra-modal ones."),
         ("2-D PCA of both modalities", figures.pca_scatter(metrics, figs),
@@ -210,7 +211,7 @@ def render_html(metrics: Mapping[str, Mapping[str, Any]], figs: Mapping[str, Ent
          "Without a gap a text row's neighbours are images in proportion to the pool (the dashed line)."),
     ]  # fmt: skip
     sections = "".join(
-        f"<h2>{html.escape(title)}</h2><p class='meta'>{html.escape(caption)}</p>{_img(png, title)}"
+        f"<h2>{html.escape(title)}</h2><p class='meta'>{html.escape(caption)}</p>{img_tag(png, title)}"
         for title, png, caption in pictures
     )
     paragraphs = "".join(f"<p>{html.escape(s)}</p>" for s in reading(metrics))
