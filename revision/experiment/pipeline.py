@@ -20,6 +20,7 @@ the calibration pairs measure the encoder's gap and set the noise; the test imag
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +87,23 @@ def train_or_reuse_encoder(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
     from revision.experiment.encoder import train_encoder
 
     return train_encoder(cfg.encoder_config(), out)  # returns a finished encoder of this config as it is
+
+
+#: Everything computed from the encoder's embeddings: stale once the encoder is another one.
+DOWNSTREAM = ("stores", "aligned", "gap.json", "runs")
+
+
+def drop_stale(record: dict[str, Any], out: Path, log: Log) -> None:
+    """Remove what an earlier encoder produced when the encoder changed (another preset or code):
+    stores, aligned stores, gap metrics and captioner runs would mix two encoders otherwise."""
+    mark = out / "stores.encoder.json"
+    key = json.dumps({"config": record.get("config"), "final_loss": record.get("final_loss")}, sort_keys=True)
+    if mark.is_file() and mark.read_text() != key:
+        log(f"   the encoder changed: removing {', '.join(DOWNSTREAM)} of the previous one")
+        for name in DOWNSTREAM:
+            path = out / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    atomic_write_bytes(mark, key.encode())
 
 
 def embed_splits(world: dict[str, Path], encoder: Path, root: Path) -> dict[str, dict[str, Path]]:
@@ -198,6 +216,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, *, command: str, log: Log =
         "encoder", f"dual encoder ({cfg.encoder} preset) -> {out / 'encoder'}",
         lambda: train_or_reuse_encoder(cfg, out / "encoder"),
     )  # fmt: skip
+    drop_stale(encoder, out, log)
     stores = steps.run(
         "embed", f"embed the splits -> {out / 'stores'}", lambda: embed_splits(world, out / "encoder", out / "stores")
     )
