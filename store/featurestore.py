@@ -532,7 +532,7 @@ class FeatureStore:
         # A private reader: read() runs concurrently on read-ahead threads. On object storage the
         # readers share the shard indexes (each costs a HEAD and a GET); they change only at a commit.
         shared = self._shared_index if isinstance(self.path, RemotePath) else None
-        reader = ShardReader(self._specs["vectors"], shared)
+        reader = ShardReader(self._specs["vectors"], shared, rows=self._rows)
         try:
             reader.read_into(out, start, stop)
         finally:
@@ -545,6 +545,10 @@ class FeatureStore:
         """Chunk-aligned [lo, hi) ranges covering [start, stop), each about `block_rows` rows."""
         stop = self._check_range(start, stop)
         cr = self.chunk_rows
+        if block_rows is None and isinstance(self.path, RemotePath):
+            # On object storage a block is a whole shard: one object, fetched whole (index included)
+            # as concurrent ranged GETs, with no request for a part of it.
+            block_rows = self.shard_rows
         if block_rows is None:
             block_rows = max(1, _READ_BLOCK_BYTES // (cr * self.dim * self.np_dtype.itemsize)) * cr
         block_rows = max(cr, block_rows // cr * cr)

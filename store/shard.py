@@ -24,7 +24,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import DamagedStoreError
-from .objio import RemotePath, read_ranges
+from .objio import RemotePath, read_pieces
 
 EMPTY = np.uint64(2**64 - 1)
 _VLEN = numcodecs.VLenUTF8()
@@ -175,8 +175,13 @@ class ShardReader:
     On object storage (a RemotePath) the same reads are ranged GETs, a block's several in flight.
     """
 
-    def __init__(self, spec: ArraySpec, index_cache: dict[int, np.ndarray] | None = None) -> None:
+    def __init__(
+        self, spec: ArraySpec, index_cache: dict[int, np.ndarray] | None = None, *, rows: int | None = None
+    ) -> None:
         self.spec = spec
+        # The committed row count, when known, gives the exact size of each shard object of an
+        # uncompressed array, so a remote read can fetch a whole shard, index included, in one go.
+        self.rows = rows
         self.remote = isinstance(spec.path, RemotePath)
         # Readers of one committed state may share their indexes (on object storage each costs two requests).
         self._index: dict[int, np.ndarray] = {} if index_cache is None else index_cache
@@ -219,10 +224,10 @@ class ShardReader:
         if self.remote:
             obj = self._remote_shard(shard)
             try:
-                size = obj.size()
+                tail = obj.read_tail(n)
             except FileNotFoundError:
                 raise DamagedStoreError(f"{obj}: shard object is missing (the store is damaged)") from None
-            return obj.read_range(size - n, size) if size >= n else b""
+            return bytes(tail) if len(tail) == n else b""
         fd = self._fd(shard)
         size = os.fstat(fd).st_size
         return os.pread(fd, n, size - n) if size >= n else b""
@@ -232,14 +237,12 @@ class ShardReader:
         if idx is None:
             if len(self._index) >= 4096:  # bounded on huge stores (object storage keeps no fds to bound it)
                 self._index.pop(next(iter(self._index)))
-            n = self.spec.chunks_per_shard * 16
-            tail = self._tail(shard, n + 4)
-            if len(tail) != n + 4 or google_crc32c.value(tail[:n]) != int.from_bytes(tail[n:], "little"):
+            idx = _parse_index(self._tail(shard, self.spec.chunks_per_shard * 16 + 4), self.spec.chunks_per_shard)
+            if idx is None:
                 raise DamagedStoreError(
                     f"{self.spec.shard_path(shard)}: shard index is corrupt or the file is truncated "
                     "(the store is damaged)"
                 )
-            idx = np.frombuffer(tail[:n], dtype="<u8").reshape(-1, 2)
             self._index[shard] = idx
         return idx
 
@@ -328,38 +331,133 @@ class ShardReader:
             pos += hi - lo
 
     def _read_into_remote(self, out: np.ndarray, start: int, stop: int) -> None:
-        """`read_into` on object storage: every chunk (or uncompressed run) of the range is fetched with
-        concurrent ranged GETs first, then decoded, so a block costs about one round trip, not one per chunk."""
+        """`read_into` on object storage: per shard, one span of bytes covering the block's chunks,
+        fetched as concurrent ranged GETs (the spans of all shards of the block together), then
+        decoded. A shard read whole whose index is not cached yet is fetched whole, index included
+        (its exact size is known for uncompressed arrays), saving the index's own request."""
         spec = self.spec
-        plan: list[tuple[int, int, int, int]] = []  # (first row, last row, chunk or -1 for a raw run, shard)
+        plans: list[tuple[int, int, int, int]] = []  # (shard, first row, last row, span start)
         requests: list[tuple[RemotePath, int, int]] = []
+        whole: list[bool] = []
         pos = start
         while pos < stop:
-            chunk, lo = divmod(pos, spec.chunk_rows)
-            shard, j = divmod(chunk, spec.chunks_per_shard)
-            off, nbytes = (int(v) for v in self.index(shard)[j])
-            if off == int(EMPTY):
-                raise DamagedStoreError(f"{spec.shard_path(shard)}: chunk {j} is missing (the store is damaged)")
-            if spec.codec == "none" and not spec.is_string:
-                last = min(stop, (shard + 1) * spec.shard_rows)
-                begin = off + lo * spec.row_bytes
-                requests.append((self._remote_shard(shard), begin, begin + (last - pos) * spec.row_bytes))
-                plan.append((pos, last, -1, shard))
+            shard = pos // spec.shard_rows
+            last = min(stop, (shard + 1) * spec.shard_rows)
+            size = self._whole_size(shard, pos, last)
+            if size is not None:
+                requests.append((self._remote_shard(shard), 0, size))
+                plans.append((shard, pos, last, 0))
+                whole.append(True)
             else:
-                last = min(stop, (chunk + 1) * spec.chunk_rows)
-                requests.append((self._remote_shard(shard), off, off + nbytes))
-                plan.append((pos, last, chunk, shard))
+                lo, hi = self._span(shard, pos // spec.chunk_rows, (last - 1) // spec.chunk_rows)
+                requests.append((self._remote_shard(shard), lo, hi))
+                plans.append((shard, pos, last, lo))
+                whole.append(False)
             pos = last
-        for (first, last, chunk, shard), data in zip(plan, read_ranges(requests), strict=True):
-            if chunk < 0:
-                want = (last - first) * spec.row_bytes
-                if len(data) != want:
-                    raise DamagedStoreError(f"{spec.shard_path(shard)}: short read ({len(data)} of {want} bytes)")
-                target = out[first - start : last - start].reshape(-1).view(np.uint8)
-                target[:] = np.frombuffer(data, dtype=np.uint8)
+        try:
+            fetched = read_pieces(requests)
+        except FileNotFoundError:
+            raise DamagedStoreError(f"{spec.path}: a shard object is missing (the store is damaged)") from None
+        for (shard, first, last, base), (_, lo, hi), pieces, is_whole in zip(
+            plans, requests, fetched, whole, strict=True
+        ):
+            if sum(len(p) for p in pieces) != hi - lo:
+                if not is_whole:
+                    raise DamagedStoreError(f"{spec.shard_path(shard)}: short read (the store is damaged)")
+                pieces = []
+            if is_whole:
+                n = spec.chunks_per_shard * 16 + 4
+                tail = np.empty(n, np.uint8)
+                if pieces:
+                    _copy_span(pieces, 0, hi - n, hi, tail)
+                idx = _parse_index(tail.tobytes(), spec.chunks_per_shard) if pieces else None
+                if idx is None or int(idx[idx[:, 0] != EMPTY].sum(axis=1).max(initial=0)) > hi - n:
+                    # The object is not the size the commit implies (a writer replaced it since): fall
+                    # back to reading its own index, then the span it names.
+                    self._read_into_remote_indexed(out, start, shard, first, last)
+                    continue
+                self._index[shard] = idx
+            self._fill(out, start, shard, first, last, pieces, base)
+
+    def _read_into_remote_indexed(self, out: np.ndarray, start: int, shard: int, first: int, last: int) -> None:
+        spec = self.spec
+        lo, hi = self._span(shard, first // spec.chunk_rows, (last - 1) // spec.chunk_rows)
+        pieces = read_pieces([(self._remote_shard(shard), lo, hi)])[0]
+        if sum(len(p) for p in pieces) != hi - lo:
+            raise DamagedStoreError(f"{spec.shard_path(shard)}: short read (the store is damaged)")
+        self._fill(out, start, shard, first, last, pieces, lo)
+
+    def _whole_size(self, shard: int, first: int, last: int) -> int | None:
+        """The exact object size of `shard` when [first, last) is all of its rows, the array is
+        uncompressed and the shard's index is not cached; else None."""
+        spec = self.spec
+        if self.rows is None or spec.codec != "none" or spec.is_string or shard in self._index:
+            return None
+        shard_lo = shard * spec.shard_rows
+        shard_hi = min(self.rows, shard_lo + spec.shard_rows)
+        if first != shard_lo or last != shard_hi:
+            return None
+        chunks = -(-(shard_hi - shard_lo) // spec.chunk_rows)
+        return chunks * spec.chunk_rows * spec.row_bytes + spec.chunks_per_shard * 16 + 4
+
+    def _span(self, shard: int, c0: int, c1: int) -> tuple[int, int]:
+        """Bytes [lo, hi) of the shard object holding chunks c0..c1 (global chunk numbers)."""
+        idx = self.index(shard)
+        j0, j1 = c0 - shard * self.spec.chunks_per_shard, c1 - shard * self.spec.chunks_per_shard
+        part = idx[j0 : j1 + 1]
+        if (part[:, 0] == EMPTY).any():
+            j = j0 + int(np.flatnonzero(part[:, 0] == EMPTY)[0])
+            raise DamagedStoreError(f"{self.spec.shard_path(shard)}: chunk {j} is missing (the store is damaged)")
+        return int(part[:, 0].min()), int((part[:, 0] + part[:, 1]).max())
+
+    def _fill(
+        self, out: np.ndarray, start: int, shard: int, first: int, last: int, pieces: list[Any], base: int
+    ) -> None:
+        """Rows [first, last) of `shard` into `out` from the fetched `pieces` (which begin at byte `base`)."""
+        spec = self.spec
+        idx = self.index(shard)
+        pos = first
+        while pos < last:
+            chunk, lo = divmod(pos, spec.chunk_rows)
+            j = chunk - shard * spec.chunks_per_shard
+            off, nbytes = int(idx[j][0]), int(idx[j][1])
+            if spec.codec == "none" and not spec.is_string:
+                # Uncompressed chunks are read straight into the caller's rows: one copy.
+                end = min(last, (chunk + 1) * spec.chunk_rows)
+                if nbytes != spec.chunk_rows * spec.row_bytes:
+                    raise DamagedStoreError(
+                        f"{spec.shard_path(shard)}: chunk {j} has {nbytes} bytes (the store is damaged)"
+                    )
+                a = off + lo * spec.row_bytes
+                target = out[pos - start : end - start].reshape(-1).view(np.uint8)
+                _copy_span(pieces, base, a, a + (end - pos) * spec.row_bytes, target)
             else:
-                lo = first - chunk * spec.chunk_rows
-                out[first - start : last - start] = spec.decode_chunk(data)[lo : lo + last - first]
+                end = min(last, (chunk + 1) * spec.chunk_rows)
+                raw = np.empty(nbytes, np.uint8)
+                _copy_span(pieces, base, off, off + nbytes, raw)
+                out[pos - start : end - start] = spec.decode_chunk(raw.data)[lo : lo + end - pos]
+            pos = end
+
+
+def _parse_index(tail: bytes, chunks_per_shard: int) -> np.ndarray | None:
+    """The shard index from a shard's last bytes, or None when they are not a valid index."""
+    n = chunks_per_shard * 16
+    if len(tail) != n + 4 or google_crc32c.value(tail[:n]) != int.from_bytes(tail[n:], "little"):
+        return None
+    return np.frombuffer(tail[:n], dtype="<u8").reshape(-1, 2)
+
+
+def _copy_span(pieces: list[Any], base: int, a: int, b: int, dst: np.ndarray) -> None:
+    """Copy bytes [a, b) of consecutive `pieces` (the first starting at byte `base`) into `dst` (uint8)."""
+    pos = base
+    for piece in pieces:
+        n = len(piece)
+        lo, hi = max(a, pos), min(b, pos + n)
+        if lo < hi:
+            dst[lo - a : hi - a] = np.frombuffer(piece, dtype=np.uint8, count=hi - lo, offset=lo - pos)
+        pos += n
+        if pos >= b:
+            break
 
 
 def _close_fds(fds: dict[int, int]) -> None:
