@@ -13,8 +13,11 @@ exactness of the ordered merge of segment statistics at 1,024 simulated ranks.
     and an extended-precision merge of their M2; the naive merge (each rank folds its own segments,
     ranks merged after) for contrast.
 (c) read throughput of one store (fp16, uncompressed) from a local S3 server (moto's, started here on
-    the loopback interface) against the same store on the local filesystem: a full scan through the
-    store reader (`iter_chunks`, read-ahead on), rows/s and MB/s, best of `--repeats`, and the ratio.
+    the loopback interface) against the same store on the local filesystem, page-cached (warm) and
+    with its pages evicted (cold, posix_fadvise DONTNEED): a full scan through the store reader
+    (`iter_chunks`, read-ahead on), rows/s and MB/s, best of `--repeats`, through obstore and through
+    s3fs (the faster is "s3"), beside the server's own ceiling (one whole shard object in one GET),
+    and the ratios.
     `--only object-storage` runs just this section and merges it into the existing JSON (key
     "object_storage", with its own "command"), leaving (a) and (b) as they were measured.
 
@@ -158,8 +161,57 @@ def _scan(st: FeatureStore) -> tuple[float, int]:
     return time.perf_counter() - t0, total
 
 
+def _evict(root: Path) -> bool:
+    """Drop the store's files from the page cache (posix_fadvise DONTNEED: only these files, not the
+    machine's whole cache, which other jobs share). True when the kernel took the advice."""
+    ok = True
+    for f in root.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                ok = False
+            finally:
+                os.close(fd)
+    return ok
+
+
+def _best(fn: Any, repeats: int, before: Any = None) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _rate(seconds: float, nbytes: int, rows: int | None = None) -> dict[str, float]:
+    out = {"seconds": seconds, "mb_per_s": nbytes / seconds / 1e6}
+    if rows is not None:
+        out["rows_per_s"] = rows / seconds
+    return out
+
+
+def _server_ceiling(url: Any, repeats: int) -> dict[str, Any]:
+    """What the S3 server itself delivers: one whole shard object in a single GET, per client."""
+    from revision.store import objget
+
+    shard = url / "vectors" / "c" / "0" / "0"
+    size = shard.size()
+    fs = shard.fs
+    return {
+        "object_bytes": size,
+        "obstore_single_get": _rate(_best(lambda: objget.get(shard.key), repeats), size),
+        "s3fs_single_get": _rate(_best(lambda: fs.cat_file(shard._fs_path), repeats), size),
+    }
+
+
 def object_storage(root: Path, rows: int, dim: int, repeats: int) -> dict[str, Any]:
-    """(c): a full scan of one store from moto's S3 server on loopback vs the local filesystem."""
+    """(c): a full scan of one store from moto's S3 server on loopback vs the local filesystem, warm
+    and cold, through both S3 clients, with the server's own single-GET ceiling."""
     import socket
     import urllib.request
 
@@ -167,6 +219,7 @@ def object_storage(root: Path, rows: int, dim: int, repeats: int) -> dict[str, A
 
     local = root / "scan.zarr"
     _make_store(local, rows, dim, "text", seed=3)
+    nbytes = rows * dim * 2
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -174,9 +227,14 @@ def object_storage(root: Path, rows: int, dim: int, repeats: int) -> dict[str, A
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"
     keys = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+            "AWS_DEFAULT_REGION": "us-east-1", "REVISION_S3_CLIENT": "obstore"}  # fmt: skip
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(keys)
+
+    def scan(where: Any) -> None:
+        with FeatureStore.open(where) as st:
+            assert _scan(st)[1] == rows
+
     try:
         for _ in range(300):
             try:
@@ -191,16 +249,15 @@ def object_storage(root: Path, rows: int, dim: int, repeats: int) -> dict[str, A
 
         url = RemotePath("s3://bench/scan.zarr")
         upload_store(local, url)
-        results: dict[str, Any] = {}
-        for name, where in (("local", local), ("s3", url)):
-            best = math.inf
-            for _ in range(repeats):
-                with FeatureStore.open(where) as st:
-                    secs, n = _scan(st)
-                    assert n == rows
-                    nbytes = rows * dim * st.np_dtype.itemsize
-                best = min(best, secs)
-            results[name] = {"seconds": best, "rows_per_s": rows / best, "mb_per_s": nbytes / best / 1e6}
+        scan(local)  # page the store in
+        warm = _rate(_best(lambda: scan(local), repeats), nbytes, rows)
+        evicted = _evict(local)
+        cold = _rate(_best(lambda: scan(local), repeats, before=lambda: _evict(local)), nbytes, rows)
+        clients = {}
+        for client in ("obstore", "fsspec"):
+            os.environ["REVISION_S3_CLIENT"] = client
+            clients[client] = _rate(_best(lambda: scan(url), repeats), nbytes, rows)
+        ceiling = _server_ceiling(url, repeats)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -209,12 +266,30 @@ def object_storage(root: Path, rows: int, dim: int, repeats: int) -> dict[str, A
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    best = max(clients, key=lambda c: clients[c]["mb_per_s"])
+    s3 = clients[best]
+    server_mb = ceiling["obstore_single_get"]["mb_per_s"]
     return {
         "rows": rows, "dim": dim, "dtype": "float16", "codec": "none", "repeats": repeats,
-        "server": "moto.server (Python, single process) on 127.0.0.1", "backend": "fsspec + s3fs cat_ranges",
-        "local": results["local"], "s3": results["s3"],
-        "ratio_s3_to_local": results["s3"]["rows_per_s"] / results["local"]["rows_per_s"],
+        "server": "moto.server (Python, single process) on 127.0.0.1",
+        "backend": f"{best} for GETs (chosen by the scans below), fsspec + s3fs for PUTs and listings",
+        "read_plan": "a block per shard (64 MiB): the whole object, index included, as concurrent 8 MiB "
+                     "ranged GETs; 2 blocks read ahead",
+        "local": warm, "local_cold": {**cold, "evicted_with_fadvise": evicted},
+        "s3": s3, "s3_clients": clients, "server_ceiling": ceiling,
+        "ratio_s3_to_local": s3["mb_per_s"] / warm["mb_per_s"],
+        "ratio_s3_to_local_cold": s3["mb_per_s"] / cold["mb_per_s"],
+        "ratio_s3_to_server_single_get": s3["mb_per_s"] / server_mb,
+        "ratio_obstore_to_s3fs": clients["obstore"]["mb_per_s"] / clients["fsspec"]["mb_per_s"],
         "target_ratio": 0.5,
+        "note": (
+            f"The scan from S3 reaches {s3['mb_per_s'] / server_mb:.2f} of what moto serves for one whole-object "
+            f"GET ({server_mb:.0f} MB/s), so the server bounds it: moto is a single Python process on the "
+            "same 2 shared cores, and it reads the whole object for every ranged GET. The warm local scan "
+            "is a memory copy out of the page cache; >= 0.5 of it would need a server several times "
+            "faster than moto, which is not reachable here. Against the local disk with the store's pages "
+            "evicted (local_cold) the ratio is ratio_s3_to_local_cold."
+        ),
     }  # fmt: skip
 
 
@@ -259,10 +334,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_object_storage(obj: dict[str, Any]) -> None:
-    print(f"\nfull scan of {obj['rows']:,} x {obj['dim']} fp16: "
-          f"local {obj['local']['mb_per_s']:.0f} MB/s ({obj['local']['rows_per_s']:,.0f} rows/s), "
-          f"s3 {obj['s3']['mb_per_s']:.0f} MB/s ({obj['s3']['rows_per_s']:,.0f} rows/s), "
-          f"ratio {obj['ratio_s3_to_local']:.2f}")  # fmt: skip
+    c = obj["s3_clients"]
+    print(f"\nfull scan of {obj['rows']:,} x {obj['dim']} fp16: local {obj['local']['mb_per_s']:.0f} MB/s warm, "
+          f"{obj['local_cold']['mb_per_s']:.0f} MB/s cold; s3 obstore {c['obstore']['mb_per_s']:.0f} MB/s, "
+          f"s3fs {c['fsspec']['mb_per_s']:.0f} MB/s; moto single GET "
+          f"{obj['server_ceiling']['obstore_single_get']['mb_per_s']:.0f} MB/s; ratio to warm "
+          f"{obj['ratio_s3_to_local']:.2f}, to cold {obj['ratio_s3_to_local_cold']:.2f}")  # fmt: skip
 
 
 def _main_object_storage(args: argparse.Namespace) -> int:
