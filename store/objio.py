@@ -240,6 +240,12 @@ class RemotePath:
         for n in sorted(names):
             yield self / str(n).rstrip("/").rsplit("/", 1)[-1]
 
+    def expand(self) -> list[RemotePath]:
+        """Every object or prefix whose name matches this path read as a glob (`*`, `?`, `[...]`), by
+        listings of the part before the first wildcard (fsspec's glob)."""
+        names = _call(str(self), "a listing", lambda: self.fs.glob(self._fs_path))
+        return [RemotePath("", _parts=(self.protocol, str(n).strip("/"))) for n in names]
+
     def files(self) -> dict[RemotePath, int]:
         """Every object under this prefix and its size."""
         found = _call(str(self), "a listing", lambda: self.fs.find(self._fs_path, detail=True))

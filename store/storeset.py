@@ -7,6 +7,10 @@ A set is named by
 - the path a one-process run would have written (`out/text.zarr`) when it is missing and its
   parts `out/text.partNNN-of-MMM.zarr` are there (what `revision embed` writes under torchrun).
 
+The same three work on object storage (`s3://bucket/emb/text-*.zarr`, `s3://bucket/aligned/`,
+`s3://bucket/emb/text.zarr`): a directory is a prefix (one listing), a glob is expanded by listings
+of its fixed head, and a candidate is a store when its zarr.json object exists.
+
 Rows are numbered across the parts in order; blocks and chunks are cut at part boundaries, so a
 pass over a set reads each part exactly as it would read that part alone. Parts must agree on dim,
 dtype, modality and metadata columns, and ids must be unique across the parts: the ids are checked
@@ -31,7 +35,7 @@ import numpy as np
 from .config import StoreConfig
 from .featurestore import FeatureStore, StoreError
 from .idcheck import DuplicateIds, IdBuckets, pack_src, unpack_src
-from .objio import is_url, location
+from .objio import RemotePath, is_url, location
 
 PART_NAME = re.compile(r"^(?:(?P<prefix>.+)\.)?part(?P<index>\d+)-of-(?P<count>\d+)\.zarr$")
 _GLOB_CHARS = frozenset("*?[")
@@ -43,13 +47,25 @@ def part_name(rank: int, world: int, prefix: str = "") -> str:
     return f"{head}part{rank:03d}-of-{world:03d}.zarr"
 
 
-def _is_store(p: Path) -> bool:
+#: A local path or an object-storage location (the same few methods; see objio.RemotePath).
+AnyPath: TypeAlias = "Path | RemotePath"
+
+
+def _is_store(p: AnyPath) -> bool:
     return (p / "zarr.json").is_file()
 
 
-def _numbered(spec: str, candidates: list[Path]) -> list[Path]:
+def _part_path(sample: AnyPath, index: int, count: str) -> AnyPath:
+    """Part `index` of a set whose part `sample` exists: the same prefix and number width."""
+    m = PART_NAME.match(sample.name)
+    assert m is not None
+    head = f"{m['prefix']}." if m["prefix"] else ""
+    return sample.with_name(f"{head}part{index:0{len(m['index'])}d}-of-{count}.zarr")
+
+
+def _numbered(spec: str, candidates: list[AnyPath]) -> list[AnyPath]:
     """`candidates` (part-named stores of one prefix) in part order, or an error naming what is missing."""
-    found: dict[int, Path] = {}
+    found: dict[int, AnyPath] = {}
     counts = set()
     for c in candidates:
         m = PART_NAME.match(c.name)
@@ -65,26 +81,44 @@ def _numbered(spec: str, candidates: list[Path]) -> list[Path]:
         raise StoreError(f"{spec}: {found[stray[0]]} is numbered past the {count} parts of its name")
     missing = [k for k in range(count) if k not in found]
     if missing:
-        raise StoreError(f"{spec}: part {missing[0]} of {count} is missing")
+        sample = next(iter(found.values()))
+        count_text = PART_NAME.match(sample.name)["count"]  # type: ignore[index]
+        expected = _part_path(sample, missing[0], count_text)
+        raise StoreError(f"{spec}: part {missing[0]} of {count} is missing (no store at {expected})")
     return [found[k] for k in range(count)]
 
 
-def find_parts(spec: str | Path) -> list[Path] | None:
-    """The stores `spec` names in set order, or None when `spec` is one store (or names nothing)."""
+def _glob(spec: str) -> list[AnyPath]:
+    """The paths matching a glob, sorted by name; on object storage by one listing (fsspec's glob)."""
+    if not is_url(spec):
+        local: list[AnyPath] = [*sorted(Path(m) for m in glob.glob(spec))]
+        return local
+    pattern = location(spec)
+    assert isinstance(pattern, RemotePath)
+    return sorted(pattern.expand(), key=str)
+
+
+def find_parts(spec: str | Path) -> list[AnyPath] | None:
+    """The stores `spec` names in set order, or None when `spec` is one store (or names nothing).
+
+    The same rules locally and on object storage (`s3://bucket/emb/text-*.zarr`,
+    `s3://bucket/aligned/`, `s3://bucket/emb/text.zarr` whose parts exist); there a directory is a
+    prefix, and each candidate part is a store when its zarr.json object exists.
+    """
     s = str(spec)
-    p = Path(s)
+    p = location(s)
     if _is_store(p):
         return None
     if _GLOB_CHARS & set(s):
-        matches = sorted(Path(m) for m in glob.glob(s))
+        matches = _glob(s)
         if not matches:
             raise StoreError(f"{s}: no store matches this pattern")
         for m in matches:
             if not _is_store(m):
                 raise StoreError(f"{s}: {m} matches but is not a feature store")
         return matches
-    if p.is_dir():
-        parts = [c for c in sorted(p.iterdir()) if PART_NAME.match(c.name) and _is_store(c)]
+    if p.is_dir():  # on object storage: a prefix with objects under it
+        parts = [c for c in _entries(p) if PART_NAME.match(c.name) and _is_store(c)]
         if not parts:
             return None
         prefixes = sorted({PART_NAME.match(c.name)["prefix"] or "" for c in parts})  # type: ignore[index]
@@ -92,21 +126,36 @@ def find_parts(spec: str | Path) -> list[Path] | None:
             names = ", ".join(str(p / part_name(0, 0, x)).replace("part000-of-000", "part*") for x in prefixes)
             raise StoreError(f"{s}: holds the parts of {len(prefixes)} stores; name one ({names})")
         return _numbered(s, parts)
-    if not p.exists() and p.suffix == ".zarr":
+    if p.suffix == ".zarr" and not p.exists():
         pattern = re.compile(rf"^{re.escape(p.stem)}\.part\d+-of-\d+\.zarr$")
-        siblings = [c for c in sorted(p.parent.glob(f"{glob.escape(p.stem)}.part*")) if pattern.match(c.name)]
+        siblings = [c for c in _siblings(p) if pattern.match(c.name)]
         parts = [c for c in siblings if _is_store(c)]
         return _numbered(s, parts) if parts else None
     return None
 
 
+def _entries(d: AnyPath) -> list[AnyPath]:
+    """What a directory holds (on object storage: the objects and prefixes one level down), by name."""
+    found: list[AnyPath] = list(d.iterdir())
+    return sorted(found, key=str)
+
+
+def _siblings(p: AnyPath) -> list[AnyPath]:
+    """Entries beside `p` whose names start with its stem and ".part", sorted by name."""
+    if isinstance(p, RemotePath):
+        d = p.parent
+        return [c for c in _entries(d) if c.name.startswith(f"{p.stem}.part")] if d.is_dir() else []
+    local: list[AnyPath] = [*sorted(p.parent.glob(f"{glob.escape(p.stem)}.part*"))]
+    return local
+
+
 class StoreSet:
     """Feature stores read as one: the read side of FeatureStore over the concatenated rows."""
 
-    def __init__(self, path: str | Path, parts: Sequence[FeatureStore]) -> None:
+    def __init__(self, path: str | Path | RemotePath, parts: Sequence[FeatureStore]) -> None:
         if not parts:
             raise StoreError(f"{path}: a store set needs at least one part")
-        self.path = Path(path)
+        self.path: AnyPath = location(path)
         self.parts = list(parts)
         first = self.parts[0]
         for part in self.parts[1:]:
@@ -313,7 +362,7 @@ class StoreSet:
 Readable: TypeAlias = "FeatureStore | StoreSet"
 
 
-def open_set(spec: str | Path, parts: Sequence[str | Path], *, check_ids: bool = True) -> StoreSet:
+def open_set(spec: str | Path, parts: Sequence[str | Path | RemotePath], *, check_ids: bool = True) -> StoreSet:
     """Open `parts` read-only as one set named `spec`; every part is closed again on an error."""
     with ExitStack() as stack:
         opened = [stack.enter_context(FeatureStore.open(p)) for p in parts]
@@ -331,17 +380,13 @@ def open_readable(spec: str | Path, *, flag: str | None = None, check_ids: bool 
     scan of every id of a set (done once per job, not by every process of a distributed one).
     """
     where = f"{flag} {spec}" if flag else str(spec)
-    if is_url(spec):  # object storage: one store per URL (sets of parts are local for now)
-        if _GLOB_CHARS & set(str(spec)):
-            raise StoreError(f"{where}: store sets (globs) are not supported on object storage; name one store")
-        url = location(spec)
-        if not (url / "zarr.json").is_file():
-            raise StoreError(f"{where}: no such store (no zarr.json)")
-        return FeatureStore.open(url)
     parts = find_parts(spec)
     if parts is None:
-        p = Path(spec)
-        if not p.exists():
+        p = location(spec)
+        if isinstance(p, RemotePath):
+            if not (p / "zarr.json").is_file():
+                raise StoreError(f"{where}: no such store (no zarr.json)")
+        elif not p.exists():
             raise StoreError(f"{where}: no such store")
         return FeatureStore.open(p)
     return open_set(spec, parts, check_ids=check_ids)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,63 +22,23 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-import contextlib
+from s3server import BUCKET, bucket_prefix, serve, start_moto  # noqa: E402
 
 from revision.cli import main  # noqa: E402
 from revision.store import FeatureStore, StoreConfig  # noqa: E402
 from revision.store.lock import LockedError  # noqa: E402
 from revision.store.objio import RemotePath  # noqa: E402
 
-BUCKET = "revision-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("moto server did not start")
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    yield from serve()
 
 
 @pytest.fixture()
 def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
     """A fresh prefix in the bucket, with the environment a user would set."""
-    env = {
-        "AWS_ENDPOINT_URL_S3": s3_server,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-        client.create_bucket(Bucket=BUCKET)
-    return f"s3://{BUCKET}/{request.node.name}"
+    return bucket_prefix(s3_server, monkeypatch, request.node.name)
 
 
 def _make_npy(tmp: Path, name: str, rows: np.ndarray) -> Path:
@@ -242,21 +200,8 @@ def test_align_killed_mid_upload_resumes_to_the_same_bytes(s3: str, tmp_path: Pa
 
 def test_wrong_credentials_fail_in_one_line(tmp_path: Path) -> None:
     # A second server with authentication on (moto checks keys once INITIAL_NO_AUTH_ACTION_COUNT runs out).
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    server, endpoint = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
         env = {**os.environ, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "nobody",
                "AWS_SECRET_ACCESS_KEY": "wrong", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
         url = f"s3://{BUCKET}/creds/t.zarr"
