@@ -39,7 +39,7 @@ from revision.align.writebehind import WriteBehind
 from revision.errors import UserError
 from revision.store import FeatureStore, Readable, StoreSet, open_readable
 from revision.store.atomic import WriteError
-from revision.store.objio import location
+from revision.store.objio import RemotePath, location
 
 StoreLike: TypeAlias = "FeatureStore | StoreSet | str | os.PathLike[str]"
 
@@ -340,7 +340,12 @@ def _apply(
             # Bad input found mid-way (strict screening): a store this run created is removed (while
             # still holding its lock), so no half-aligned output is left behind. A resumed store, or
             # one whose write failed (disk full: a re-run resumes it), keeps its committed rows.
-            shutil.rmtree(out_p, ignore_errors=True)
+            if isinstance(out_p, RemotePath):
+                # The commit object first, so no reader finds a store whose objects are going away.
+                (out_p / "zarr.json").unlink(missing_ok=True)
+                out_p.delete_tree()
+            else:
+                shutil.rmtree(out_p, ignore_errors=True)
         dst.close()
         raise
     finally:

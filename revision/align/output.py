@@ -10,6 +10,7 @@ the same command finds that and returns at once instead of redoing passes 1–2.
 Under torchrun `--out` is a directory of parts, one per rank (`partRRR-of-WWW.zarr`, read back as
 one store set), each with its own progress record over its rows [lo, hi): each rank resumes its own
 part, and a resume with another number of processes is refused before anything is written.
+`--out` may be a URL (`s3://bucket/aligned/`): there the directory is a prefix, found by listing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from revision.align.stats import AlignStats
 from revision.errors import UserError
 from revision.store import FeatureStore, Readable, StoreConfig, StoreSet
 from revision.store.lock import probe
-from revision.store.storeset import PART_NAME, part_name
+from revision.store.storeset import PART_NAME, AnyPath, part_name
 
 JOB = "align-apply"
 
@@ -48,30 +49,29 @@ def store_fingerprint(st: Readable) -> dict[str, Any]:
     }
 
 
-def output_part(out: Path, text: Readable) -> tuple[Path, tuple[int, int] | None]:
+def output_part(out: AnyPath, text: Readable) -> tuple[AnyPath, tuple[int, int] | None]:
     """Where this process writes pass 3 and which text rows: (`out`, None) in a one-process run,
     (`out/partRRR-of-WWW.zarr`, (lo, hi)) for rank R of W. A world size other than the one `out`
     was started with is refused."""
     w = dist.world()
-    if out.exists():
-        if (out / "zarr.json").is_file():
-            if w.distributed:
-                raise UserError(
-                    f"--out {out}: written by a one-process run; resume it with one process (this run has "
-                    f"{w.size}) or remove it"
-                )
-        elif out.is_dir():
-            counts = {int(m["count"]) for m in map(PART_NAME.match, (c.name for c in out.iterdir())) if m}
-            if counts and counts != {w.size}:
-                raise UserError(
-                    f"--out {out}: parts of a run with {min(counts)} processes; resume it with that many "
-                    f"(this run has {w.size}) or remove it"
-                )
-            strays = [c.name for c in out.iterdir() if not PART_NAME.match(c.name) and not c.name.startswith(".")]
-            if w.distributed and strays:
-                raise UserError(
-                    f"--out {out}: exists and holds {strays[0]!r}, not only store parts; pick another --out"
-                )
+    # zarr.json first: on object storage `out/` is a prefix, known only by listing what is under it.
+    if (out / "zarr.json").is_file():
+        if w.distributed:
+            raise UserError(
+                f"--out {out}: written by a one-process run; resume it with one process (this run has "
+                f"{w.size}) or remove it"
+            )
+    elif out.is_dir():
+        names = [c.name for c in out.iterdir()]
+        counts = {int(m["count"]) for m in map(PART_NAME.match, names) if m}
+        if counts and counts != {w.size}:
+            raise UserError(
+                f"--out {out}: parts of a run with {min(counts)} processes; resume it with that many "
+                f"(this run has {w.size}) or remove it"
+            )
+        strays = [n for n in names if not PART_NAME.match(n) and not n.startswith(".")]
+        if w.distributed and strays:
+            raise UserError(f"--out {out}: exists and holds {strays[0]!r}, not only store parts; pick another --out")
     if not w.distributed:
         return out, None
     out.mkdir(parents=True, exist_ok=True)

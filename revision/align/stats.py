@@ -32,7 +32,7 @@ import torch
 from revision.errors import UserError
 from revision.kernels import Moments
 from revision.store.atomic import atomic_write_bytes
-from revision.store.objio import location
+from revision.store.objio import RemotePath, location
 
 FORMAT = "revision-align-stats"
 VERSION = 1
@@ -110,7 +110,8 @@ def _moments_json(m: Moments | None) -> dict[str, Any] | None:
     return {"n": m.n, "mean": _vec(m.mean), "m2": _vec(m.m2), "total": _vec(m.total)}
 
 
-def sidecar_path(path: Path) -> Path:
+def sidecar_path(path: Path | RemotePath) -> Path | RemotePath:
+    """The .npz of matrices beside a stats JSON (a local path or a URL)."""
     return path.with_name(path.name + ".npz")
 
 

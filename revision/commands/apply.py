@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from revision.align.cli_flags import add_run_flags, config_from_args
@@ -37,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--text", type=location, required=True, help="text feature store to align")
-    p.add_argument("--stats", type=Path, required=True, help="statistics JSON written by `revision fit`")
+    p.add_argument("--stats", type=location, required=True, help="statistics JSON written by `revision fit`")
     p.add_argument("--out", type=location, required=True, help="aligned feature store to write (or resume)")
     p.add_argument(
         "--method",

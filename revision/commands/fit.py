@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--text", type=location, default=None, help="text feature store (the rows to align)")
     p.add_argument("--image", type=location, default=None, help="image feature store (the anchor distribution)")
-    p.add_argument("--stats", type=Path, required=True, help="where to write the statistics (JSON)")
+    p.add_argument("--stats", type=location, required=True, help="where to write the statistics (JSON)")
     p.add_argument(
         "--export-trace-stats",
         type=Path,
