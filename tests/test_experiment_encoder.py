@@ -119,7 +119,7 @@ def test_clip_loss_prefers_matched_pairs_and_positives_generalise_it() -> None:
 def test_true_of_marks_every_scene_a_caption_describes() -> None:
     scenes = [
         Scene("one", "small", "red", "circle", "center"),
-        Scene("two", "small", "red", "square", "center"),
+        Scene("two", "small", "red", "cross", "center"),
         Scene("one", "large", "blue", "circle", "top left"),
     ]
     texts = ["one small red circle in the center", "red shapes", "a picture of circles", "zebra"]

@@ -70,7 +70,7 @@ def synthetic_results(base: Path | None, *, seeds: int = 3, noises: tuple[float,
             _png(base / image, j)
         caps = {m: truth for m in METHODS}
         caps["raw"] = "one large blue circle at the bottom left"
-        caps["c3"] = "two small red squares"
+        caps["c3"] = "two small red crosses"
         samples.append({"id": f"test-{j:04d}", "image": image, "truth": truth, "captions": caps})
     ablation_runs = [dict(r, visual_tokens=t, exact_match=r["exact_match"] - (0.02 if t == 576 else 0.0))
                      for t in (1, 576) for r in runs if r["method"] == "realign" and r["noise"] == 0.0]  # fmt: skip
@@ -178,7 +178,7 @@ def test_wrong_attribute_words_are_marked(rendered: tuple[dict[str, Any], str, P
     # raw names the wrong count, size, colour and vertical position; c3 the wrong shape and no position.
     raw = "<mark>one</mark> <mark>large</mark> <mark>blue</mark> circle at the <mark>bottom</mark> <mark>left</mark>"
     assert raw in page
-    assert "two small red <mark>squares</mark>" in page and "(no position)" in page
+    assert "two small red <mark>crosses</mark>" in page and "(no position)" in page
     truth = "two small red circles at the top left"
     assert report.marked_caption(truth, truth) == truth
 

@@ -13,7 +13,7 @@ from revision.experiment.world import ATTRIBUTES, Scene, canonical_caption, pars
 
 TRUTH = {
     "a": Scene("two", "small", "red", "circle", "top left"),
-    "b": Scene("one", "large", "blue", "square", "center"),
+    "b": Scene("one", "large", "blue", "cross", "center"),
     "c": Scene("three", "small", "green", "triangle", "bottom right"),
     "d": Scene("one", "small", "yellow", "circle", "top right"),
 }
@@ -27,7 +27,7 @@ def _truth() -> dict[str, dict[str, str]]:
 # order, one with the colour wrong, one that omits the position and misses a word at the end.
 GENERATED = {
     "a": "two small red circles at the top left",
-    "b": "in the center there is one large blue square",
+    "b": "in the center there is one large blue cross",
     "c": "three small purple triangles at the bottom right",
     "d": "one small yellow circle at the top",
 }

@@ -61,7 +61,7 @@ def test_render_draws_the_colour_in_the_named_region() -> None:
     }
     for (colour, position), (channel, rows, cols) in cases.items():
         for seed in range(5):
-            a = np.asarray(render(Scene("one", "large", colour, "square", position), seed), dtype=np.int32)
+            a = np.asarray(render(Scene("one", "large", colour, "cross", position), seed), dtype=np.int32)
             others = np.delete(a, channel, axis=-1).mean(axis=-1)
             strength = a[..., channel] - others
             mask = strength > 40
@@ -93,7 +93,7 @@ def test_every_full_phrasing_parses_back(phrasing: int) -> None:
 def test_canonical_caption_is_fixed_and_parses() -> None:
     scene = Scene("two", "small", "red", "circle", "top left")
     assert canonical_caption(scene) == "two small red circles at the top left"
-    assert canonical_caption(Scene("one", "large", "blue", "square", "center")) == "one large blue square in the center"
+    assert canonical_caption(Scene("one", "large", "blue", "cross", "center")) == "one large blue cross in the center"
     for s in world.all_scenes():
         assert parse_caption(canonical_caption(s)) == s.attributes()
 
@@ -130,8 +130,8 @@ def test_full_captions_vary_across_draws() -> None:
             {"count": "two", "size": "small", "colour": "red", "shape": "circle", "position": "top left"},
         ),
         (
-            "three three big blue squares squares",
-            {"count": "three", "size": None, "colour": "blue", "shape": "square", "position": None},
+            "three three big blue crosses crosses",
+            {"count": "three", "size": None, "colour": "blue", "shape": "cross", "position": None},
         ),
         (
             "red and green triangles at the top",
@@ -142,8 +142,8 @@ def test_full_captions_vary_across_draws() -> None:
             {"count": "one", "size": None, "colour": None, "shape": "circle", "position": None},
         ),
         (
-            "a small square in the middle",
-            {"count": None, "size": "small", "colour": None, "shape": "square", "position": "center"},
+            "a small cross in the middle",
+            {"count": None, "size": "small", "colour": None, "shape": "cross", "position": "center"},
         ),
     ],
 )

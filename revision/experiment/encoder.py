@@ -60,13 +60,15 @@ class EncoderConfig:
     """Vision patch side in pixels (must divide `px`)."""
     temperature: float = 0.07
     """Fixed softmax temperature of the InfoNCE logits (not learned: a learned one closes the gap)."""
-    partial_rate: float = 0.4
+    partial_rate: float = 0.2
     """Share of training captions that are partial alt-text instead of a full phrasing."""
-    positives: str = "pair"
-    """InfoNCE positives: "pair" (CLIP's: only the caption's own image) or "consistent" (every image
-    in the batch the caption is true of; with ~450 scenes and partial captions, "pair" spends most of
-    its signal pushing apart images the caption describes equally well)."""
-    lr: float = 2e-3
+    positives: str = "consistent"
+    """InfoNCE positives: "consistent" (every image in the batch the caption is true of) or "pair"
+    (CLIP's: only the caption's own image). Measured on this world (600 steps, 500 held-out pairs):
+    "pair" reached text→image top-1 0.37 and a position probe of 0.41; "consistent" 0.76 and 0.99,
+    because with ~450 scenes and partial captions "pair" spends its signal pushing apart images the
+    caption describes equally well."""
+    lr: float = 1e-3
     """Peak AdamW learning rate (linear warm-up over 5% of the steps, then cosine decay)."""
     weight_decay: float = 0.05
     """AdamW weight decay of the matrices (none on norms and biases)."""
@@ -111,7 +113,7 @@ class EncoderConfig:
 def quick_encoder_config(seed: int = 0) -> EncoderConfig:
     """The preset `revision experiment --quick` trains: ~60 s on two idle cores (0.1-0.15 s a step);
     measured 630 s with the two cores shared by other jobs (load average 5-8)."""
-    return EncoderConfig(seed=seed, pairs=8_000, steps=400)
+    return EncoderConfig(seed=seed, pairs=8_000, steps=600)
 
 
 def full_encoder_config(seed: int = 0) -> EncoderConfig:
