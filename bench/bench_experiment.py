@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="experiment folder, kept (default: a temporary one)")
     parser.add_argument("--output", default=None, help="JSON path (default bench/results/experiment.json)")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "bench/bench_experiment.py", *(sys.argv[1:] if argv is None else argv)])
+    # As every bench JSON records it (harness.write_results): the script's name and its arguments.
+    command = shlex.join(["bench_experiment.py", *(sys.argv[1:] if argv is None else argv)])
 
     overrides: dict[str, Any] = {}
     if args.seeds is not None:
