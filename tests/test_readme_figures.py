@@ -298,7 +298,7 @@ FIGURES: list[tuple[str, str, str]] = [
     (
         README,
         "demo.json",
-        "The whole demo took {wall_s} s on the 2 cores (after the install; other jobs shared them, load average "
+        "The demo's alignment part took {wall_s} s on the 2 cores (after the install; other jobs shared them, load average "
         "{load_average_before.0} before the run), at {peak_rss_mb} MB peak RSS.",
     ),
     # Benchmarks: embed
