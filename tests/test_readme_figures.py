@@ -298,7 +298,8 @@ FIGURES: list[tuple[str, str, str]] = [
     (
         README,
         "demo.json",
-        "The demo's alignment part took {wall_s} s on the 2 cores (after the install; other jobs shared them, load average "
+        "The demo's alignment part took {wall_s} s on the 2 cores (after the install; other jobs shared them, "
+        "load average "
         "{load_average_before.0} before the run), at {peak_rss_mb} MB peak RSS.",
     ),
     # Benchmarks: embed
@@ -465,3 +466,26 @@ def test_the_checker_bites() -> None:
     assert not matches("35.8", 37.96)
     with pytest.raises(AssertionError):
         check_passage(README, "align.json", "naive in-memory float64 reference algorithm | | {ratios.rss_large_mb} s")
+
+
+def test_experiment_table_is_its_json() -> None:
+    """The README's experiment table: every cell "mean ± std" is its summary row of experiment.json."""
+    doc = _load("experiment.json")
+    rows = {(s["method"], s["noise"]): s for s in doc["summary"]}
+    lines = (ROOT / README).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method | feature noise σ |"))
+    seen = set()
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        method, noise, *cells = (c.strip().strip("*") for c in line.strip().strip("|").split("|"))
+        sigma = 0.0 if noise == "0" else doc["noise_sigma"]
+        if noise != "0":
+            assert matches(noise, sigma), f"{README}: experiment noise {noise} but noise_sigma is {sigma}"
+        summary = rows[(method.split(" ")[0], sigma)]
+        for key, cell in zip(("exact_match", "attribute_accuracy", "token_accuracy"), cells, strict=True):
+            mean, std = (c.strip() for c in cell.split("±"))
+            assert matches(mean, summary[f"{key}_mean"]), f"{README}: {method} σ={noise} {key} {mean}"
+            assert matches(std, summary[f"{key}_std"]), f"{README}: {method} σ={noise} {key} ± {std}"
+        seen.add((method.split(" ")[0], sigma))
+    assert seen == set(rows), f"README experiment rows {sorted(seen)} vs experiment.json {sorted(rows)}"
