@@ -104,3 +104,16 @@ def config_from_args(args: argparse.Namespace, **fixed: Any) -> AlignConfig:
     values = {n: getattr(args, n) for n in names if hasattr(args, n) and getattr(args, n) is not None}
     values.update(fixed)
     return AlignConfig(**values)
+
+
+def parse_methods(spec: str) -> tuple[str, ...]:
+    """`--methods`: "all", or a comma-separated list of method names (demo, experiment)."""
+    from revision.errors import UserError
+
+    if spec == "all":
+        return tuple(METHOD_NAMES)
+    chosen = tuple(m.strip() for m in spec.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in METHOD_NAMES]
+    if unknown or not chosen:
+        raise UserError(f"--methods: unknown {unknown or spec!r}; choose from {', '.join(METHOD_NAMES)}")
+    return chosen

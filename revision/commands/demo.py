@@ -53,18 +53,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def _methods(spec: str) -> list[str]:
-    from revision.align import METHOD_NAMES
-
-    if spec == "all":
-        return list(METHOD_NAMES)
-    chosen = [m.strip() for m in spec.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in METHOD_NAMES]
-    if unknown or not chosen:
-        raise UserError(f"--methods: unknown {unknown or spec!r}; choose from {', '.join(METHOD_NAMES)}")
-    return chosen
-
-
 def _check_sizes(args: argparse.Namespace) -> None:
     """Refuse sizes the corpus or the diagnostics would refuse, before minutes of generating and aligning."""
     from revision.diagnose.pipeline import MIN_SAMPLE
@@ -89,10 +77,11 @@ def _complete(path: Path, rows: int) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from revision.align import align_stores
+    from revision.align.cli_flags import parse_methods
     from revision.diagnose import diagnose
     from revision.diagnose.report import text_table
 
-    methods = _methods(args.methods)
+    methods = parse_methods(args.methods)
     _check_sizes(args)
     check_outputs([], [("--out", args.out, "dir")])
     cfg = CorpusConfig(rows=args.rows, dim=args.dim, seed=args.seed)
@@ -127,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment(args: argparse.Namespace, methods: list[str]) -> None:
+def _experiment(args: argparse.Namespace, methods: tuple[str, ...]) -> None:
     """Step 4: the quick experiment, its steps indented under the demo's."""
     from revision.experiment.config import quick_config
     from revision.experiment.pipeline import run_experiment
@@ -137,4 +126,4 @@ def _experiment(args: argparse.Namespace, methods: list[str]) -> None:
     command = f"revision experiment --out {out} --quick" + (
         f" --methods {args.methods}" if args.methods != "all" else ""
     )
-    run_experiment(quick_config(methods=tuple(methods)), out, command=command, log=lambda line: print("   " + line))
+    run_experiment(quick_config(methods=methods), out, command=command, log=lambda line: print("   " + line))

@@ -53,18 +53,6 @@ def _noise(spec: str) -> float | str | None:
     return value or None
 
 
-def _methods(spec: str) -> tuple[str, ...]:
-    from revision.align import METHOD_NAMES
-
-    if spec == "all":
-        return METHOD_NAMES
-    chosen = tuple(m.strip() for m in spec.split(",") if m.strip())
-    unknown = [m for m in chosen if m not in METHOD_NAMES]
-    if unknown or not chosen:
-        raise UserError(f"--methods: unknown {unknown or spec!r}; choose from {', '.join(METHOD_NAMES)}")
-    return chosen
-
-
 def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run, flags in a fixed order (recorded in results.json)."""
     parts = ["revision", "experiment", "--out", str(args.out)]
@@ -77,11 +65,12 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from revision.align.cli_flags import parse_methods
     from revision.experiment.config import full_config, quick_config
     from revision.experiment.pipeline import run_experiment
     from revision.paths import check_outputs
 
-    overrides: dict[str, object] = {"methods": _methods(args.methods), "feature_noise": _noise(args.feature_noise)}
+    overrides: dict[str, object] = {"methods": parse_methods(args.methods), "feature_noise": _noise(args.feature_noise)}
     if args.seeds is not None:
         if args.seeds < 1:
             raise UserError(f"--seeds must be at least 1, got {args.seeds}")
