@@ -133,35 +133,49 @@ def get_tail(key: str, n: int) -> memoryview:
         raise _translate(exc) from None
 
 
-def get_ranges(requests: Sequence[tuple[str, int, int]]) -> list[memoryview]:
-    """Bytes [start, stop) of each (bucket/path, start, stop), all in flight together.
+# The event loop the async GETs of get_ranges run on: one daemon thread per process (made again in a
+# forked child, which inherits the loop object but not its thread).
+_loop_lock = threading.Lock()
+_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
 
-    Ranges are passed as given (the caller cuts them into pieces); obstore's own coalescing is off
-    so that pieces stay separate requests.
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """This process's loop thread for obstore's async requests, started on first use.
+
+    Why not `asyncio.run` in the calling thread: obstore's async GETs awaited on a loop in the main
+    thread ran ~30 times slower than on any other thread (8 concurrent 8 MiB ranges from a local
+    SeaweedFS: 30 MB/s against 880 MB/s), and `FeatureStore.read` is called from the main thread.
+    One long-lived loop also saves making a loop per block.
+    """
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop[0] != os.getpid() or _loop[1].is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="revision-s3-get", daemon=True).start()
+            _loop = (os.getpid(), loop)
+        return _loop[1]
+
+
+def get_ranges(requests: Sequence[tuple[str, int, int]]) -> list[memoryview]:
+    """Bytes [start, stop) of each (bucket/path, start, stop), each its own GET, all in flight together.
+
+    Ranges are passed as given (the caller cuts them into pieces). Each is one `get_range` request:
+    obstore's `get_ranges` merges ranges that touch even with `coalesce=0`, which made a whole
+    shard's consecutive pieces one GET (measured: 8 adjacent ranges reached the server as 1 request).
     """
     if not requests:
         return []
     import obstore
 
-    by_object: dict[str, list[int]] = {}
-    for k, (key, _, _) in enumerate(requests):
-        by_object.setdefault(key, []).append(k)
-
-    async def fetch() -> list[list[Any]]:
+    async def fetch() -> list[Any]:
         calls = []
-        for key, ks in by_object.items():
+        for key, start, stop in requests:
             bucket, path = _split(key)
-            starts = [requests[k][1] for k in ks]
-            ends = [requests[k][2] for k in ks]
-            calls.append(obstore.get_ranges_async(_store(bucket), path, starts=starts, ends=ends, coalesce=0))
+            calls.append(obstore.get_range_async(_store(bucket), path, start=start, end=stop))
         return list(await asyncio.gather(*calls))
 
     try:
-        got = asyncio.run(fetch())
+        got = asyncio.run_coroutine_threadsafe(fetch(), _event_loop()).result()
     except Exception as exc:
         raise _translate(exc) from None
-    out: list[memoryview] = [memoryview(b"")] * len(requests)
-    for ks, datas in zip(by_object.values(), got, strict=True):
-        for k, data in zip(ks, datas, strict=True):
-            out[k] = memoryview(data)
-    return out
+    return [memoryview(data) for data in got]
