@@ -135,6 +135,31 @@ def _call(url: str, what: str, fn: Callable[[], T]) -> T:
         ) from None
 
 
+def _precondition_failed(exc: BaseException) -> bool:
+    """True when `exc` (or an error it was raised from) is a refused conditional PUT: S3's 412
+    PreconditionFailed, or a ConditionalRequestConflict with a concurrent one.
+
+    s3fs raises FileExistsError only when the error names its condition (`<Condition>If-None-Match`,
+    as AWS and moto send); SeaweedFS sends a bare 412, which s3fs turns into OSError(EINVAL) with the
+    botocore error as its cause, so the cause's code is what tells.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
+                return True
+        text = str(seen)
+        if "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class RemotePath:
     """A path in object storage, with the few `pathlib.Path` methods stores use, and ranged I/O."""
 
@@ -313,7 +338,7 @@ class RemotePath:
             except FileExistsError:
                 return False
             except Exception as exc:
-                if "PreconditionFailed" in str(exc) or "412" in str(exc) or "ConditionalRequestConflict" in str(exc):
+                if _precondition_failed(exc):
                     return False
                 raise
             return True
