@@ -1,10 +1,11 @@
-"""Store sets and distributed outputs on object storage, against moto's S3 server on loopback.
+"""Store sets and distributed outputs on object storage, against moto's and SeaweedFS's S3 servers on loopback.
 
 A glob of stores, a prefix of parts and a store whose parts exist beside it, all on s3://, read by
 `revision info` and used as `--text` of `align`; a 2-process gloo `torchrun align --out s3://…/`
 whose parts equal the local one-process output row for row and byte for byte, resumed after both
 ranks were killed mid-upload, and refused with another world size; the same for `apply`; a missing part, parts of
-different dims and an id in two parts, each a one-line error naming the part's URL.
+different dims and an id in two parts, each a one-line error naming the part's URL. The 2-process
+runs use moto only unless REVISION_TEST_S3_SERVERS names the servers (tests/s3server.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-from s3server import BUCKET, client_env, serve  # noqa: E402
+from s3server import BUCKET, KINDS, Server, client_env, serve  # noqa: E402
 
 from revision.cli import main  # noqa: E402
 from revision.store import FeatureStore, StoreConfig, StoreSet, open_readable  # noqa: E402
@@ -70,19 +71,19 @@ class Data:
         self.part_urls = {k: [f"{url}/{n}" for n in v] for k, v in names.items()}
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    yield from serve()
+@pytest.fixture(scope="module", params=KINDS)
+def s3_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    yield from serve(request.param)
 
 
 @pytest.fixture(scope="module")
-def data(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
+def data(s3_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in {**client_env(s3_server), **ENV}.items():
+        for k, v in {**client_env(s3_server.endpoint), **ENV}.items():
             mp.setenv(k, v)
         import boto3
 
-        boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
         yield Data(tmp_path_factory.mktemp("s3set"), f"s3://{BUCKET}/sets")
 
 
@@ -138,7 +139,10 @@ def test_sets_on_s3_read_by_info_and_aligned(
         assert RemotePath(f"{out}.stats.json").is_file()
 
 
-def test_two_process_align_to_s3_equals_local_and_resumes(data: Data, local_aligned: Path) -> None:
+def test_two_process_align_to_s3_equals_local_and_resumes(data: Data, local_aligned: Path, s3_server: Server) -> None:
+    if s3_server.kind != "moto" and "REVISION_TEST_S3_SERVERS" not in os.environ:
+        # ~35 s of torchrun starts per server, and no S3 request the other tests here do not make.
+        pytest.skip(f"2-process runs on {s3_server.kind} only with REVISION_TEST_S3_SERVERS={s3_server.kind}")
     common = ["align", "--text", f"{data.url}/text.zarr", "--image", f"{data.url}/image.zarr", *FLAGS]
     out = f"{data.url}/aligned/"
     # Each rank dies by SIGKILL at its 15th object PUT (4 create a part, 7 each commit: 3 shards,
