@@ -302,6 +302,27 @@ FIGURES: list[tuple[str, str, str]] = [
         "load average "
         "{load_average_before.0} before the run), at {peak_rss_mb} MB peak RSS.",
     ),
+    # Scaling out: object storage (bench_scale.py --only object-storage; its command: test below)
+    (
+        README,
+        "scale.json",
+        "A full scan of {object_storage.rows} × {object_storage.dim} fp16 from SeaweedFS on loopback runs at "
+        "{object_storage.servers.seaweedfs.s3.mb_per_s} MB/s, against {object_storage.local_cold.mb_per_s} MB/s "
+        "from the local disk with the store's pages evicted and {object_storage.local.mb_per_s} MB/s from the page "
+        "cache ({object_storage.servers.seaweedfs.ratio_s3_to_local_cold} and "
+        "{object_storage.servers.seaweedfs.ratio_s3_to_local}: the issue's 0.5 target",
+    ),
+    (
+        README,
+        "scale.json",
+        "from moto {object_storage.servers.moto.s3.mb_per_s} MB/s "
+        "({object_storage.servers.moto.ratio_s3_to_local_cold} and {object_storage.servers.moto.ratio_s3_to_local}).",
+    ),
+    (
+        README,
+        "scale.json",
+        "jobs shared the cores (load average {object_storage.load_average_before.0} before the run).",
+    ),
     # Benchmarks: embed
     (
         README,
@@ -451,6 +472,16 @@ def test_commands_beside_figures_are_the_commands_in_the_json(doc: str) -> None:
         assert recorded == f"{script}.py{args}", (
             f"{doc}: `python bench/{script}.py{args}` but {json_name} says {recorded!r}"
         )
+
+
+def test_object_storage_command_is_the_jsons() -> None:
+    """`--only object-storage` records its own command in scale.json's `object_storage`; the README
+    and docs/scaling.md cite that command beside its figures."""
+    recorded = _load("scale.json")["object_storage"]["command"]
+    readme = re.findall(r"JSON's `object_storage`, from `([^`]+)`", _text(README))
+    scaling = re.findall(r"`python bench/(bench_scale\.py --only object-storage[^`]*)`", _text("docs/scaling.md"))
+    assert readme == [recorded], f"{README} cites {readme}, scale.json's object_storage says {recorded!r}"
+    assert scaling == [recorded], f"docs/scaling.md cites {scaling}, scale.json's object_storage says {recorded!r}"
 
 
 def test_every_cited_json_is_committed() -> None:
