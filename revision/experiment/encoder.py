@@ -44,8 +44,11 @@ class EncoderConfig:
     """Image side in pixels (renders, the vision tower's image_size and the processor's size)."""
     pairs: int = 20_000
     """Training images (scenes drawn from `seed`); captions are drawn afresh for them every step."""
-    steps: int = 1_500
-    """Optimiser steps."""
+    steps: int = 5_000
+    """Optimiser steps. Shape is the attribute learnt last: on held-out images its linear probe
+    reached 0.818 after 1,500 steps, 0.957 after 3,000 and 0.986 after 5,000, when every other
+    attribute's was 0.99+ already at 1,500 (and batches built of minimal pairs, scenes one
+    attribute apart, did not learn it any faster: 0.793 at 1,500, 0.957 at 3,000)."""
     batch_size: int = 128
     """Pairs per step: the InfoNCE negatives of each pair are the other batch_size − 1."""
     dim: int = 64
@@ -117,7 +120,7 @@ def quick_encoder_config(seed: int = 0) -> EncoderConfig:
 
 
 def full_encoder_config(seed: int = 0) -> EncoderConfig:
-    """The preset of the full experiment: ~3-4 min on two idle cores, far longer on shared ones."""
+    """The preset of the full experiment: 5,000 steps, ~8-11 min on two cores (0.1-0.13 s a step)."""
     return EncoderConfig(seed=seed)
 
 
