@@ -321,7 +321,22 @@ FIGURES: list[tuple[str, str, str]] = [
     (
         README,
         "scale.json",
-        "jobs shared the cores (load average {object_storage.load_average_before.0} before the run).",
+        "`bench_scale.py --only object-storage --s3-rows 200000 --dim 768 --repeats 3` (load average "
+        "{object_storage.load_average_before.0} before the run)",
+    ),
+    (
+        README,
+        "scale.json",
+        "the default, obstore, read {object_storage.servers.seaweedfs.s3_clients.obstore.mb_per_s} MB/s",
+    ),
+    (
+        README,
+        "scale.json",
+        "passes 1–2 at 2 processes run at {scaling.command=fit&launch=2 procs x 1 thread.efficiency_passes_1_2} of "
+        "linear scaling for `fit` and {scaling.command=align&launch=2 procs x 1 thread.efficiency_passes_1_2} for\n"
+        "  `align` (whose whole run, pass 3 included, reaches "
+        "{scaling.command=align&launch=2 procs x 1 thread.efficiency_wall}), measured with load average "
+        "{load_average_before.0} before\n  the run; merging 1,024 ranks' partials at D = 1280 takes {merge.merge_s} s",
     ),
     # Benchmarks: embed
     (
