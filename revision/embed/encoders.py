@@ -152,7 +152,9 @@ class HFDualEncoder:
         def load(name: str, flag: str) -> Any:
             if name not in loaded:
                 try:
-                    model = AutoModel.from_pretrained(name, **kw, **{_dtype_kwarg(): weights_dtype})
+                    # One dict[str, Any]: transformers >= 5.25 types each keyword, a dtype dict matches none.
+                    model_kw: dict[str, Any] = {**kw, _dtype_kwarg(): weights_dtype}
+                    model = AutoModel.from_pretrained(name, **model_kw)
                 except (OSError, ValueError) as exc:
                     hint = "" if online else "; runs are offline unless --online"
                     raise UserError(f"{flag}: cannot load model {name!r} ({_first_line(exc)}{hint})") from None
@@ -265,7 +267,8 @@ class LLM2CLIPEncoder(HFDualEncoder):
         with quiet_transformers():
             try:
                 config = AutoConfig.from_pretrained(text_model, **kw)
-                llm = AutoModel.from_pretrained(text_model, config=config, **kw, **{_dtype_kwarg(): weights_dtype})
+                llm_kw: dict[str, Any] = {**kw, _dtype_kwarg(): weights_dtype}
+                llm = AutoModel.from_pretrained(text_model, config=config, **llm_kw)
                 tok = AutoTokenizer.from_pretrained(text_model, **kw)
             except (OSError, ValueError) as exc:
                 raise UserError(f"--text-model: cannot load {text_model!r} ({_first_line(exc)})") from None
