@@ -11,7 +11,7 @@ from revision.errors import UserError
 
 EPILOG = """examples:
   revision experiment --out runs/exp --quick            # one seed, small splits: about 10 minutes on 2 cores
-  revision experiment --out runs/exp --seeds 3          # the full grid, 3 seeds
+  revision experiment --out runs/exp --seeds 3          # the full grid, 3 seeds: about 40 minutes
   revision experiment --out runs/exp --methods realign,c3 --feature-noise 0.05
 
 Re-running the same command resumes: the world, the encoder, the stores, the aligned stores and
