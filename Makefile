@@ -27,8 +27,11 @@ lint: $(BIN)/.installed
 
 # REVISION_REQUIRE_NATIVE: the C kernels must have been built here (a compiler is on this kind of
 # machine), so a silent build failure fails the suite instead of falling back to the torch path.
+# PYTHONSAFEPATH: no Python the suite starts puts the checkout's root on sys.path, where kernels/,
+# store/, train/ and bench/ (installed as revision.*) would shadow top-level packages of the same
+# names (transformers >= 5.25 imports Hugging Face's `kernels`).
 test: $(BIN)/.installed lint
-	REVISION_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	PYTHONSAFEPATH=1 REVISION_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_store.py

@@ -2,6 +2,10 @@
 
 import sys
 
+from revision.syspath import without_checkout_root
+
+sys.path[:] = without_checkout_root(sys.path)
+
 try:
     from revision.cli import main
 except KeyboardInterrupt:  # Ctrl-C while the interpreter loads the CLI: quiet, as inside main()
