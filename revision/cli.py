@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from typing import NamedTuple
 
 
@@ -75,9 +77,32 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _SigintSeen:
+    """Python's own Ctrl-C handler (raise KeyboardInterrupt) that also remembers it ran.
+
+    A KeyboardInterrupt raised while a C extension imports (numpy's PyCapsule_Import of datetime,
+    seen when the signal landed inside `import numpy`) reaches us as an ImportError with the
+    interruption gone; the flag tells that ImportError from a real one.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = "?"
+    sigint = _SigintSeen()
+    # Only where Ctrl-C has Python's default meaning: an ignored SIGINT or a caller's handler stays.
+    ours = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if ours:
+        signal.signal(signal.SIGINT, sigint)
     try:
         # Everything, the imports of the chosen command included, runs inside this try: Ctrl-C while
         # torch loads is an interruption like any other, not a traceback.
@@ -85,11 +110,22 @@ def main(argv: list[str] | None = None) -> int:
         command = args.command
         return _run(args)
     except KeyboardInterrupt:
-        if command == "?":
-            print("revision: interrupted", file=sys.stderr)
-        else:
-            print(f"revision {command}: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
-        return 130
+        return _interrupted(command)
+    except ImportError:
+        if sigint.seen:
+            return _interrupted(command)
+        raise
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupted(command: str) -> int:
+    if command == "?":
+        print("revision: interrupted", file=sys.stderr)
+    else:
+        print(f"revision {command}: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
+    return 130
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -176,3 +176,39 @@ def test_separability_fit_reaches_the_torch_lbfgs_optimum(n: int, d: int, gap: f
         agree = float(((xt @ torch.from_numpy(w) > 0) == (xt @ wt > 0)).double().mean())
     assert agree >= 0.99, agree
     assert np.abs(w - wt.detach().numpy()).max() < 1e-3 * max(1.0, np.abs(w).max())
+
+
+def _import_like_numpy() -> None:
+    # What numpy's C import does when Ctrl-C lands inside it: the KeyboardInterrupt becomes an
+    # ImportError and the interruption itself is lost.
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.0)
+    except KeyboardInterrupt:
+        raise ImportError('PyCapsule_Import could not import module "datetime"') from None
+
+
+def test_ctrl_c_turned_into_an_import_error_is_an_interruption(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from revision import cli
+
+    monkeypatch.setattr(signal, "getsignal", lambda _s: signal.default_int_handler)
+    previous = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(cli, "build_parser", lambda argv: _import_like_numpy())
+    try:
+        assert cli.main(["info", "x.zarr"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "revision: interrupted" in capsys.readouterr().err
+
+
+def test_an_import_error_without_ctrl_c_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    from revision import cli
+
+    def broken(argv: object) -> None:
+        raise ImportError("no module named nothing")
+
+    monkeypatch.setattr(cli, "build_parser", broken)
+    with pytest.raises(ImportError, match="nothing"):
+        cli.main(["info", "x.zarr"])
