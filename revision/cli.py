@@ -78,19 +78,23 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 class _SigintSeen:
-    """Python's own Ctrl-C handler (raise KeyboardInterrupt) that also remembers it ran.
+    """Python's own Ctrl-C handler (raise KeyboardInterrupt) that also remembers it ran, and while
+    `defer` is set only remembers.
 
-    A KeyboardInterrupt raised while a C extension imports (numpy's PyCapsule_Import of datetime,
-    seen when the signal landed inside `import numpy`) reaches us as an ImportError with the
-    interruption gone; the flag tells that ImportError from a real one.
+    Raised inside an import, a KeyboardInterrupt can be lost: in a C extension's import it comes
+    back as an ImportError (numpy's PyCapsule_Import of datetime), in importlib's module-lock
+    callback it is printed as "Exception ignored" and the command runs on. So the parser's imports
+    run deferred, and the flag tells an ImportError of the run phase from a real one.
     """
 
     def __init__(self) -> None:
         self.seen = False
+        self.defer = False
 
     def __call__(self, signum: int, frame: object) -> None:
         self.seen = True
-        raise KeyboardInterrupt
+        if not self.defer:
+            raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Everything, the imports of the chosen command included, runs inside this try: Ctrl-C while
         # torch loads is an interruption like any other, not a traceback.
-        args = build_parser(argv).parse_args(argv)
+        sigint.defer = True
+        parser = build_parser(argv)
+        sigint.defer = False
+        if sigint.seen:
+            raise KeyboardInterrupt
+        args = parser.parse_args(argv)
         command = args.command
         return _run(args)
     except KeyboardInterrupt:
