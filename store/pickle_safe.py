@@ -43,6 +43,12 @@ _short.maxother = 60
 _short.maxlevel = 3
 
 
+def _brief(obj: object) -> str:
+    """A short repr on one line: an error names one file on one line, and a numpy array's repr
+    (what a mutated pickle can put where a dtype belongs) spans several."""
+    return " ".join(_short.repr(obj).split())
+
+
 class Refused(pickle.UnpicklingError):
     """The pickle asks for something outside the reference layout; the message says what."""
 
@@ -53,7 +59,7 @@ class _NdarrayToken:
     __slots__ = ()
 
     def __call__(self, *args: Any) -> Any:
-        raise Refused(f"numpy.ndarray{_short.repr(args)} cannot be called (numpy's pickles only name it)")
+        raise Refused(f"numpy.ndarray{_brief(args)} cannot be called (numpy's pickles only name it)")
 
     def __repr__(self) -> str:
         return "numpy.ndarray"
@@ -75,12 +81,12 @@ class _DType:
         # numpy writes (3, byteorder, None, None, None, elsize, alignment, flags); only the byte order
         # matters for a plain dtype, and nothing of the state is handed to numpy.
         if type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4):
-            raise Refused(f"a dtype state {_short.repr(state)} is not one numpy writes for a numeric dtype")
+            raise Refused(f"a dtype state {_brief(state)} is not one numpy writes for a numeric dtype")
         endian, subarray, names, fields = state[1:5]
         if endian not in ("<", ">", "|", "=") or subarray is not None or names is not None or fields is not None:
-            raise Refused(f"dtype state {_short.repr(state)}: only plain numeric dtypes are allowed")
+            raise Refused(f"dtype state {_brief(state)}: only plain numeric dtypes are allowed")
         if any(type(v) is not int for v in state[5:8]) or (len(state) == 9 and state[8] is not None):
-            raise Refused(f"dtype state {_short.repr(state)}: only plain numeric dtypes are allowed")
+            raise Refused(f"dtype state {_brief(state)}: only plain numeric dtypes are allowed")
         if endian in "<>" and self.dtype.itemsize > 1:
             self.dtype = self.dtype.newbyteorder(endian)
 
@@ -103,7 +109,7 @@ class _Built:
         if self.value is not _UNSET:
             raise Refused("BUILD on an array or scalar that is already complete")
         if type(state) is not tuple or len(state) != 5 or state[0] != 1 or type(state[0]) is not int:
-            raise Refused(f"an array state {_short.repr(state)} is not (1, shape, dtype, fortran, bytes)")
+            raise Refused(f"an array state {_brief(state)} is not (1, shape, dtype, fortran, bytes)")
         _, shape, dtype, fortran, raw = state
         if (
             type(shape) is tuple
@@ -138,11 +144,9 @@ _DTYPE_SPEC = re.compile(r"[biufcU]\d{1,4}\Z")
 def _dtype(*args: Any) -> _DType:
     spec = args[0] if args else None
     if not 1 <= len(args) <= 3 or type(spec) is not str or not _DTYPE_SPEC.match(spec):
-        raise Refused(
-            f"numpy.dtype{_short.repr(args)}: only numeric dtypes (and unicode for np.str_ values) are allowed"
-        )
+        raise Refused(f"numpy.dtype{_brief(args)}: only numeric dtypes (and unicode for np.str_ values) are allowed")
     if any(type(a) is not bool and a not in (0, 1) for a in args[1:]):
-        raise Refused(f"numpy.dtype{_short.repr(args)}: unexpected arguments")
+        raise Refused(f"numpy.dtype{_brief(args)}: unexpected arguments")
     try:
         dt = np.dtype(spec)
     except TypeError:
@@ -158,20 +162,20 @@ _RECONSTRUCT_ARGS = ((_NDARRAY, (0,), b"b"), (_NDARRAY, (0,), "b"))
 def _reconstruct(*args: Any) -> _Built:
     # Tuple equality on the pickle's builtins and the token: no code of the pickle's choosing runs.
     if args != _RECONSTRUCT_ARGS[0] and args != _RECONSTRUCT_ARGS[1]:
-        raise Refused(f"numpy _reconstruct{_short.repr(args)}: only (numpy.ndarray, (0,), b'b'), as numpy writes")
+        raise Refused(f"numpy _reconstruct{_brief(args)}: only (numpy.ndarray, (0,), b'b'), as numpy writes")
     return _Built()
 
 
 def _frombuffer(*args: Any) -> _Built:
     if len(args) != 4 or args[3] not in ("C", "F") or type(args[3]) is not str:
-        raise Refused(f"numpy _frombuffer{_short.repr(args)}: not what numpy writes")
+        raise Refused(f"numpy _frombuffer{_brief(args)}: not what numpy writes")
     buf, dtype, shape, order = args
     return _Built(_array(shape, dtype, order == "F", buf, native=False))
 
 
 def _scalar(*args: Any) -> _Built:
     if len(args) != 2 or type(args[0]) is not _DType or type(args[1]) is not bytes:
-        raise Refused(f"numpy scalar{_short.repr(args)}: only numeric (and np.str_) scalars are allowed")
+        raise Refused(f"numpy scalar{_brief(args)}: only numeric (and np.str_) scalars are allowed")
     dt, payload = args[0].dtype, args[1]
     if len(payload) != dt.itemsize:
         raise Refused(f"numpy scalar of {dt}: {len(payload)} bytes, expected {dt.itemsize}")
@@ -181,7 +185,7 @@ def _scalar(*args: Any) -> _Built:
 def _encode(*args: Any) -> bytes:
     # Protocol 2 spells bytes as _codecs.encode(text, "latin1"); no other codec is ever needed.
     if len(args) != 2 or type(args[0]) is not str or args[1] not in ("latin1", "latin-1"):
-        raise Refused(f"_codecs.encode{_short.repr(args)}: only latin1 text → bytes is allowed")
+        raise Refused(f"_codecs.encode{_brief(args)}: only latin1 text → bytes is allowed")
     try:
         return args[0].encode("latin-1")
     except UnicodeEncodeError:
@@ -191,7 +195,7 @@ def _encode(*args: Any) -> bytes:
 def _empty_bytes(*args: Any) -> bytes:
     # Protocol 2 spells empty bytes (a zero-size array's data) as bytes().
     if args:
-        raise Refused(f"bytes{_short.repr(args)}: only bytes() is allowed")
+        raise Refused(f"bytes{_brief(args)}: only bytes() is allowed")
     return b""
 
 
@@ -201,19 +205,19 @@ def _array(shape: Any, dtype: Any, fortran: Any, raw: Any, *, native: bool) -> n
     native: convert to native byte order, as numpy's `__setstate__` does (its `_frombuffer` does not).
     """
     if type(dtype) is not _DType:
-        raise Refused(f"an array's dtype is {_short.repr(dtype)}, not a numeric numpy dtype")
+        raise Refused(f"an array's dtype is {_brief(dtype)}, not a numeric numpy dtype")
     dt = dtype.dtype
     if dt.kind not in "biufc":
         raise Refused(f"an array of dtype {dt}: only numeric arrays are allowed")
     if type(shape) is not tuple or len(shape) > _MAX_NDIM or any(type(n) is not int or n < 0 for n in shape):
-        raise Refused(f"an array shape {_short.repr(shape)} is not a tuple of non-negative ints")
+        raise Refused(f"an array shape {_brief(shape)} is not a tuple of non-negative ints")
     if type(fortran) is not bool and fortran not in (0, 1):
-        raise Refused(f"an array's order flag is {_short.repr(fortran)}")
+        raise Refused(f"an array's order flag is {_brief(fortran)}")
     if type(raw) not in (bytes, bytearray):
         raise Refused(f"an array's data is a {type(raw).__name__}, not bytes")
     need = math.prod(shape) * dt.itemsize  # exact: Python ints do not overflow
     if len(raw) != need:
-        raise Refused(f"an array of shape {_short.repr(shape)} {dt} needs {need} bytes; the pickle holds {len(raw)}")
+        raise Refused(f"an array of shape {_brief(shape)} {dt} needs {need} bytes; the pickle holds {len(raw)}")
     order: Literal["C", "F"] = "F" if fortran else "C"
     try:
         if need == 0:
@@ -225,7 +229,7 @@ def _array(shape: Any, dtype: Any, fortran: Any, raw: Any, *, native: bool) -> n
             return arr.astype(dt.newbyteorder("="), order="K")
         return arr.copy(order="K")
     except (ValueError, OverflowError, MemoryError) as exc:
-        raise Refused(f"an array of shape {_short.repr(shape)} {dt}: {exc}") from None
+        raise Refused(f"an array of shape {_brief(shape)} {dt}: {exc}") from None
 
 
 _CHECKERS: dict[tuple[str, str], Any] = {
@@ -252,7 +256,7 @@ class RefusedGlobal(Refused):
 
     def __init__(self, module: str, name: str) -> None:
         super().__init__(
-            f"the pickle asks for {_short.repr(module)[1:-1]}.{_short.repr(name)[1:-1]}, which the reference "
+            f"the pickle asks for {_brief(module)[1:-1]}.{_brief(name)[1:-1]}, which the reference "
             "layout never needs (a pickle can run code on load; only numpy arrays and plain values are allowed)"
         )
         self.module = module
@@ -343,4 +347,4 @@ def _resolve(root: Any) -> Any:
 
 
 def _refuse_nested(v: Any) -> None:
-    raise Refused(f"a numpy value ({_short.repr(v)}) outside a list item or dict value is not part of the layout")
+    raise Refused(f"a numpy value ({_brief(v)}) outside a list item or dict value is not part of the layout")

@@ -465,3 +465,16 @@ def test_the_fuzz_harness_catches_a_crash(tmp_path: Path) -> None:
     argv = [PY, "-c", _WORKER, str(seeds), str(work), "1", "30", "1", "plain"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0 and (work / "text_embeds_1.pkl").exists()
+
+
+def test_a_refusal_quoting_an_array_stays_on_one_line() -> None:
+    # Found by the fuzzer: a mutated pickle put a dict holding an array where a dtype belongs, and
+    # the array's repr spans lines, so the refusal did too.
+    from revision.store import pickle_safe
+
+    where = {"embed": np.linspace(0.0, 1.0, 40, dtype=np.float32), "id": "s", "tags": [1, None, "a"]}
+    assert "\n" in repr(where)
+    with pytest.raises(pickle_safe.Refused) as info:
+        pickle_safe._array((40,), where, False, b"", native=True)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("an array's dtype is {")
