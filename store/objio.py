@@ -18,7 +18,7 @@ appended to), shards before array metadata before the group's zarr.json. A store
 *exists* once its zarr.json does; objects under a prefix without one are an unfinished creation.
 
 Backends, chosen by measurement (bench/results/scale.json "object_storage"): GETs on s3:// go
-through obstore (objget.py, a Rust client; 1.25x s3fs's scan rate from SeaweedFS here), everything
+through obstore (objget.py, a Rust client; on par with s3fs here, ahead or behind by run), everything
 else (PUTs, listings, HEADs, the conditional PUT of the lock, and every request for other schemes)
 through fsspec with s3fs, gcsfs, ... Credentials and endpoints come from
 the standard places: AWS_* environment variables (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for an
